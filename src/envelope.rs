@@ -1,0 +1,329 @@
+//! The record contract: routing headers in, typed due time and target out.
+//!
+//! Ingress records carry `x-delay` (ms after the record timestamp),
+//! `x-deliver-at` (epoch ms or RFC 3339) and `x-target-topic`. Tier records
+//! carry the service's own headers (`x-delay-due-at`, `x-delay-target`,
+//! `x-delay-bucket`, `x-delay-original-timestamp`). Every way a header can be
+//! wrong is an [`EnvelopeError`] variant whose text goes into the
+//! `x-delay-error` header of the dead letter.
+
+use regex::Regex;
+use thiserror::Error;
+
+/// Delay in ms after the record timestamp (RabbitMQ's `x-delay` meaning).
+pub const DELAY: &str = "x-delay";
+/// Absolute due time: epoch ms or RFC 3339.
+pub const DELIVER_AT: &str = "x-deliver-at";
+/// Topic to deliver to.
+pub const TARGET_TOPIC: &str = "x-target-topic";
+/// On dead letters: why the record was rejected, in plain words.
+pub const ERROR: &str = "x-delay-error";
+/// On delivered records: the due time, epoch ms.
+pub const SCHEDULED_AT: &str = "x-delay-scheduled-at";
+/// On delivered and tier records: the ingress record's timestamp, epoch ms.
+pub const ORIGINAL_TIMESTAMP: &str = "x-delay-original-timestamp";
+/// On tier records: the due time, epoch ms.
+pub const DUE_AT: &str = "x-delay-due-at";
+/// On tier records: the target topic.
+pub const TARGET: &str = "x-delay-target";
+/// On tier records: the bucket the record was written to (epoch ms / tick).
+pub const BUCKET: &str = "x-delay-bucket";
+
+/// Headers the service owns: never copied from an input record to a tier or
+/// target record (fresh values are written instead).
+pub const OWNED_HEADERS: [&str; 8] = [
+    DELAY,
+    DELIVER_AT,
+    TARGET_TOPIC,
+    SCHEDULED_AT,
+    ORIGINAL_TIMESTAMP,
+    DUE_AT,
+    TARGET,
+    BUCKET,
+];
+
+/// True if `key` is one of [`OWNED_HEADERS`].
+pub fn is_owned_header(key: &str) -> bool {
+    OWNED_HEADERS.contains(&key)
+}
+
+/// A parsed ingress or tier record: when and where to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// Due time, epoch ms.
+    pub due_ms: i64,
+    /// Target topic (validated name).
+    pub target: &'a str,
+    /// Timestamp of the ingress record, epoch ms.
+    pub original_timestamp_ms: i64,
+    /// For tier records: the bucket they were written to.
+    pub bucket: Option<i64>,
+}
+
+/// Why a record cannot be scheduled. The `Display` text is the dead letter's
+/// `x-delay-error` header; [`EnvelopeError::reason`] is the metric label.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EnvelopeError {
+    #[error("x-delay must be ASCII decimal milliseconds, got {0:?}")]
+    DelayNotNumber(String),
+    #[error("x-delay is negative: {0:?}")]
+    DelayNegative(String),
+    #[error("x-delay or x-deliver-at is too large to represent: {0:?}")]
+    DelayOverflow(String),
+    #[error("x-deliver-at must be epoch milliseconds or RFC 3339, got {0:?}")]
+    DeliverAtInvalid(String),
+    #[error("both x-delay and x-deliver-at are set; give one")]
+    BothDelayHeaders,
+    #[error("header {0} is given more than once")]
+    DuplicateHeader(&'static str),
+    #[error("no x-target-topic header and no default target is configured")]
+    MissingTarget,
+    #[error("target topic {0:?} is not a valid Kafka topic name")]
+    InvalidTarget(String),
+    #[error("target topic {0:?} is forbidden: {1}")]
+    ForbiddenTarget(String, &'static str),
+    #[error("due in {delay_ms} ms, beyond the maximum delay of {max_ms} ms")]
+    BeyondMaxDelay { delay_ms: i64, max_ms: i64 },
+    #[error("target topic {0:?} does not exist")]
+    UnknownTarget(String),
+    #[error("delivery to target topic failed permanently: {0}")]
+    DeliveryFailed(String),
+    #[error("tier record is missing or has a corrupt {0} header")]
+    CorruptTierRecord(&'static str),
+}
+
+impl EnvelopeError {
+    /// A short, fixed label for metrics (`reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::DelayNotNumber(_) | Self::DelayNegative(_) | Self::DelayOverflow(_) => {
+                "invalid_delay"
+            }
+            Self::DeliverAtInvalid(_) => "invalid_deliver_at",
+            Self::BothDelayHeaders | Self::DuplicateHeader(_) => "conflicting_headers",
+            Self::MissingTarget => "missing_target",
+            Self::InvalidTarget(_) => "invalid_target",
+            Self::ForbiddenTarget(..) => "forbidden_target",
+            Self::BeyondMaxDelay { .. } => "beyond_max_delay",
+            Self::UnknownTarget(_) => "unknown_target",
+            Self::DeliveryFailed(_) => "delivery_failed",
+            Self::CorruptTierRecord(_) => "corrupt_tier_record",
+        }
+    }
+
+    /// Every metric label [`EnvelopeError::reason`] can return.
+    pub const REASONS: [&'static str; 11] = [
+        "invalid_delay",
+        "invalid_deliver_at",
+        "conflicting_headers",
+        "missing_target",
+        "invalid_target",
+        "forbidden_target",
+        "beyond_max_delay",
+        "unknown_target",
+        "delivery_failed",
+        "corrupt_tier_record",
+        "other",
+    ];
+}
+
+/// Which targets are acceptable: topic-name rules, the service's own topics,
+/// internal topics and the optional allow-list.
+#[derive(Debug, Clone)]
+pub struct TargetPolicy {
+    /// Used when a record has no `x-target-topic`.
+    pub default_target: Option<String>,
+    /// Full-match pattern a target must satisfy, if set.
+    pub allowed: Option<Regex>,
+    /// The service's own topics (ingress, dead-letter, tiers).
+    pub own_topics: Vec<String>,
+    /// Largest accepted delay, ms.
+    pub max_delay_ms: i64,
+}
+
+impl TargetPolicy {
+    fn check<'a>(&self, target: &'a str) -> Result<&'a str, EnvelopeError> {
+        if !is_valid_topic_name(target) {
+            return Err(EnvelopeError::InvalidTarget(target.to_owned()));
+        }
+        if target.starts_with("__") {
+            return Err(EnvelopeError::ForbiddenTarget(
+                target.to_owned(),
+                "internal topics (__*) are never targets",
+            ));
+        }
+        if self.own_topics.iter().any(|own| own == target) {
+            return Err(EnvelopeError::ForbiddenTarget(
+                target.to_owned(),
+                "it is one of kafka-delay's own topics",
+            ));
+        }
+        if let Some(allowed) = &self.allowed {
+            if !allowed.is_match(target) {
+                return Err(EnvelopeError::ForbiddenTarget(
+                    target.to_owned(),
+                    "it does not match topics.allowed_targets",
+                ));
+            }
+        }
+        Ok(target)
+    }
+}
+
+/// Kafka's topic-name rule: 1–249 characters of `[a-zA-Z0-9._-]`, not `.`
+/// or `..`.
+pub fn is_valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Parses ASCII decimal digits only (no sign, spaces or exponent).
+fn parse_digits(raw: &[u8]) -> Option<Result<i64, ()>> {
+    if raw.is_empty() || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        raw.iter()
+            .try_fold(0_i64, |acc, &d| {
+                acc.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+            })
+            .ok_or(()),
+    )
+}
+
+fn lossy(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+fn parse_delay(raw: &[u8]) -> Result<i64, EnvelopeError> {
+    match parse_digits(raw) {
+        Some(Ok(ms)) => Ok(ms),
+        Some(Err(())) => Err(EnvelopeError::DelayOverflow(lossy(raw))),
+        None if raw.first() == Some(&b'-') && parse_digits(&raw[1..]).is_some() => {
+            Err(EnvelopeError::DelayNegative(lossy(raw)))
+        }
+        None => Err(EnvelopeError::DelayNotNumber(lossy(raw))),
+    }
+}
+
+fn parse_deliver_at(raw: &[u8]) -> Result<i64, EnvelopeError> {
+    match parse_digits(raw) {
+        Some(Ok(ms)) => return Ok(ms),
+        Some(Err(())) => return Err(EnvelopeError::DelayOverflow(lossy(raw))),
+        None => {}
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| EnvelopeError::DeliverAtInvalid(lossy(raw)))?;
+    let instant =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| EnvelopeError::DeliverAtInvalid(text.to_owned()))?;
+    i64::try_from(instant.unix_timestamp_nanos().div_euclid(1_000_000))
+        .map_err(|_| EnvelopeError::DelayOverflow(text.to_owned()))
+}
+
+/// Stores `value` in `slot`, rejecting a second occurrence of header `name`.
+fn once<'a>(
+    slot: &mut Option<&'a [u8]>,
+    name: &'static str,
+    value: Option<&'a [u8]>,
+) -> Result<(), EnvelopeError> {
+    if slot.is_some() {
+        return Err(EnvelopeError::DuplicateHeader(name));
+    }
+    *slot = Some(value.unwrap_or_default());
+    Ok(())
+}
+
+/// Parses an ingress record's routing headers.
+///
+/// `headers` yields (key, value) pairs in record order; `timestamp_ms` is the
+/// record timestamp (None: use `now_ms`). A due time in the past means
+/// "deliver now". Errors: every [`EnvelopeError`] variant except
+/// `UnknownTarget`, `DeliveryFailed` and `CorruptTierRecord`.
+pub fn parse_ingress<'a>(
+    headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+    timestamp_ms: Option<i64>,
+    now_ms: i64,
+    policy: &'a TargetPolicy,
+) -> Result<Envelope<'a>, EnvelopeError> {
+    let (mut delay, mut deliver_at, mut target) = (None, None, None);
+    for (key, value) in headers {
+        match key {
+            DELAY => once(&mut delay, DELAY, value)?,
+            DELIVER_AT => once(&mut deliver_at, DELIVER_AT, value)?,
+            TARGET_TOPIC => once(&mut target, TARGET_TOPIC, value)?,
+            _ => {}
+        }
+    }
+    let timestamp = timestamp_ms.unwrap_or(now_ms);
+    let due_ms = match (delay, deliver_at) {
+        (Some(_), Some(_)) => return Err(EnvelopeError::BothDelayHeaders),
+        (Some(raw), None) => timestamp
+            .checked_add(parse_delay(raw)?)
+            .ok_or_else(|| EnvelopeError::DelayOverflow(lossy(raw)))?,
+        (None, Some(raw)) => parse_deliver_at(raw)?,
+        (None, None) => timestamp,
+    };
+    let target = match target {
+        Some(raw) => {
+            std::str::from_utf8(raw).map_err(|_| EnvelopeError::InvalidTarget(lossy(raw)))?
+        }
+        None => policy
+            .default_target
+            .as_deref()
+            .ok_or(EnvelopeError::MissingTarget)?,
+    };
+    let target = policy.check(target)?;
+    let delay_ms = due_ms.saturating_sub(now_ms);
+    if delay_ms > policy.max_delay_ms {
+        return Err(EnvelopeError::BeyondMaxDelay {
+            delay_ms,
+            max_ms: policy.max_delay_ms,
+        });
+    }
+    Ok(Envelope {
+        due_ms,
+        target,
+        original_timestamp_ms: timestamp,
+        bucket: None,
+    })
+}
+
+/// Parses the service's own headers on a tier record. Errors:
+/// [`EnvelopeError::CorruptTierRecord`] naming the bad header.
+pub fn parse_tier<'a>(
+    headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Result<Envelope<'a>, EnvelopeError> {
+    let (mut due, mut target, mut bucket, mut original) = (None, None, None, None);
+    for (key, value) in headers {
+        let value = value.unwrap_or_default();
+        match key {
+            DUE_AT => due = Some(value),
+            TARGET => target = Some(value),
+            BUCKET => bucket = Some(value),
+            ORIGINAL_TIMESTAMP => original = Some(value),
+            _ => {}
+        }
+    }
+    let number = |raw: Option<&[u8]>, name| match raw.and_then(parse_digits) {
+        Some(Ok(n)) => Ok(n),
+        _ => Err(EnvelopeError::CorruptTierRecord(name)),
+    };
+    let target = target
+        .and_then(|raw| std::str::from_utf8(raw).ok())
+        .filter(|t| is_valid_topic_name(t))
+        .ok_or(EnvelopeError::CorruptTierRecord(TARGET))?;
+    Ok(Envelope {
+        due_ms: number(due, DUE_AT)?,
+        target,
+        original_timestamp_ms: number(original, ORIGINAL_TIMESTAMP)?,
+        bucket: Some(number(bucket, BUCKET)?),
+    })
+}
+
+#[cfg(test)]
+mod tests;

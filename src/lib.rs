@@ -1,0 +1,5 @@
+//! kafka-delay
+pub mod envelope;
+pub mod offsets;
+pub mod timer;
+pub mod wheel;

@@ -1,0 +1,252 @@
+//! Unit and property tests of the tier table and routing (DESIGN §2).
+
+use super::*;
+use proptest::prelude::*;
+
+const SEC: i64 = 1_000;
+const MIN: i64 = 60 * SEC;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+
+fn default_table() -> TierTable {
+    TierTable::derive(&[SEC, MIN, HOUR, DAY], 32, 200, 365 * DAY).unwrap()
+}
+
+#[test]
+fn default_derivation_matches_the_design() {
+    let table = default_table();
+    let slots: Vec<i64> = table.tiers().iter().map(|t| t.slots).collect();
+    let leads: Vec<i64> = table.tiers().iter().map(|t| t.lead_ms).collect();
+    assert_eq!(slots, vec![64, 64, 28, 32]);
+    assert_eq!(leads, vec![200, 2 * SEC, 2 * MIN, 2 * HOUR]);
+    assert_eq!(table.due_soon_window_ms(), 2_200);
+}
+
+#[test]
+fn rejects_tables_that_cannot_keep_order() {
+    assert_eq!(TierTable::derive(&[], 32, 200, DAY), Err(WheelError::NoTicks));
+    assert!(matches!(
+        TierTable::derive(&[SEC, 2 * SEC], 32, 200, DAY),
+        Err(WheelError::TicksTooClose { index: 1, .. })
+    ));
+    assert!(matches!(
+        TierTable::derive(&[0], 32, 200, DAY),
+        Err(WheelError::TickTooSmall { index: 0, .. })
+    ));
+    assert_eq!(
+        TierTable::derive(&[SEC], 2, 200, DAY),
+        Err(WheelError::TooFewTopSlots(2))
+    );
+    assert!(matches!(
+        TierTable::derive(&[1, DAY], 32, 200, DAY),
+        Err(WheelError::TooManySlots { index: 0, .. })
+    ));
+    assert!(matches!(
+        TierTable::derive(&[10], 3, 200, DAY),
+        Err(WheelError::TopTooShort { .. })
+    ));
+    assert_eq!(
+        TierTable::derive(&[SEC], 32, 200, 0),
+        Err(WheelError::BadMaxDelay(0))
+    );
+}
+
+#[test]
+fn routes_by_distance() {
+    let table = default_table();
+    let now = 1_700_000_000_000;
+    assert_eq!(table.route(now, now - 5), Route::Deliver);
+    assert_eq!(table.route(now, now), Route::Deliver);
+    assert_eq!(table.route(now, now + 2_199), Route::Timer);
+    assert!(matches!(table.route(now, now + 10 * SEC), Route::Tier { tier: 0, .. }));
+    assert!(matches!(table.route(now, now + 10 * MIN), Route::Tier { tier: 1, .. }));
+    assert!(matches!(table.route(now, now + 10 * HOUR), Route::Tier { tier: 2, .. }));
+    assert!(matches!(
+        table.route(now, now + 10 * DAY),
+        Route::Tier { tier: 3, rollover: false, .. }
+    ));
+    assert!(matches!(
+        table.route(now, now + 100 * DAY),
+        Route::Tier { tier: 3, rollover: true, .. }
+    ));
+}
+
+#[test]
+fn key_lane_is_stable_and_in_range() {
+    assert_eq!(key_lane(Some(b"order-7"), 1, 3), 0);
+    let lane = key_lane(Some(b"order-7"), 8, 3);
+    assert!(lane < 8);
+    assert_eq!(lane, key_lane(Some(b"order-7"), 8, 99));
+    assert_eq!(key_lane(None, 4, 6), 2);
+}
+
+/// A random, valid tier table: 1–4 tiers, millisecond to day ticks.
+fn table_strategy() -> impl Strategy<Value = TierTable> {
+    (
+        1_i64..=2_000,
+        proptest::collection::vec(21_i64..=600, 0..=3),
+        3_i64..=48,
+        0_i64..=500,
+    )
+        .prop_map(|(t0, ratios, top_slots, lead0)| {
+            // ratio / 10 > 2: each tick more than twice the one below.
+            let mut ticks = vec![t0];
+            for r in ratios {
+                let below = *ticks.last().unwrap();
+                ticks.push(below * r / 10 + 1);
+            }
+            TierTable::derive(&ticks, top_slots, lead0, i64::MAX / 4)
+        })
+        .prop_filter_map("top tier shorter than its lead", Result::ok)
+}
+
+/// Follows one record through the wheel, as the service does: route, wait
+/// for the bucket's release, route again. Returns (delivered at, writes,
+/// rollovers) and checks every hop on the way.
+fn simulate(table: &TierTable, start: i64, due: i64) -> (i64, usize, usize) {
+    let mut now = start;
+    let mut writes = 0;
+    let mut rollovers = 0;
+    let mut last_tier = usize::MAX;
+    loop {
+        match table.route(now, due) {
+            Route::Deliver => return (now, writes, rollovers),
+            Route::Timer => return (due.max(now), writes, rollovers),
+            Route::Tier {
+                tier,
+                bucket,
+                rollover,
+            } => {
+                let release = table.release_time(tier, bucket);
+                assert!(release > now, "release {release} not after now {now}");
+                if rollover {
+                    rollovers += 1;
+                } else {
+                    let tick = table.tiers()[tier].tick_ms;
+                    assert!(bucket * tick <= due && due < (bucket + 1) * tick);
+                    assert!(
+                        last_tier == usize::MAX || tier < last_tier || tier == table.tiers().len() - 1,
+                        "re-routing went from tier {last_tier} to {tier}"
+                    );
+                }
+                last_tier = tier;
+                writes += 1;
+                now = release;
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    #[test]
+    fn routed_bucket_holds_due_and_releases_in_the_future(
+        table in table_strategy(),
+        now in 0_i64..4_000_000_000_000,
+        ahead in 0_i64..1_000_000_000,
+    ) {
+        let due = now + ahead;
+        if let Route::Tier { tier, bucket, rollover } = table.route(now, due) {
+            let t = &table.tiers()[tier];
+            if !rollover {
+                prop_assert!(bucket * t.tick_ms <= due && due < (bucket + 1) * t.tick_ms);
+            }
+            // Strictly ahead of now by more than one tick of the tier below.
+            let margin = match (rollover, tier) {
+                (true, _) => 0,
+                (false, 0) => t.tick_ms,
+                (false, _) => table.tiers()[tier - 1].tick_ms,
+            };
+            prop_assert!(table.release_time(tier, bucket) > now + margin);
+            // Never the bucket draining now, nor a bucket of the slot's previous turn.
+            prop_assert!(bucket > now.div_euclid(t.tick_ms));
+            prop_assert!(bucket - now.div_euclid(t.tick_ms) < t.slots);
+        }
+    }
+
+    #[test]
+    fn never_early_and_at_most_one_hop_per_tier(
+        table in table_strategy(),
+        now in 0_i64..4_000_000_000_000,
+        ahead in 0_i64..2_000_000_000,
+    ) {
+        let due = now + ahead;
+        let (delivered, writes, rollovers) = simulate(&table, now, due);
+        prop_assert!(delivered >= due, "delivered {delivered} before due {due}");
+        prop_assert!(delivered == due.max(now), "late in a lossless simulation");
+        prop_assert!(writes <= table.tiers().len() + 1 + rollovers);
+        let top = table.tiers().last().unwrap();
+        if ahead < top.horizon_ms() - top.tick_ms {
+            prop_assert_eq!(rollovers, 0);
+        }
+    }
+
+    #[test]
+    fn no_bucket_waits_behind_a_later_turn_of_its_slot(
+        table in table_strategy(),
+        now1 in 0_i64..4_000_000_000_000,
+        ahead1 in 0_i64..2_000_000_000,
+        gap in 0_i64..2_000_000_000,
+        ahead2 in 0_i64..2_000_000_000,
+    ) {
+        let now2 = now1 + gap;
+        let (r1, r2) = (table.route(now1, now1 + ahead1), table.route(now2, now2 + ahead2));
+        if let (
+            Route::Tier { tier: t1, bucket: b1, .. },
+            Route::Tier { tier: t2, bucket: b2, .. },
+        ) = (r1, r2) {
+            let same_slot = t1 == t2 && table.slot(t1, b1) == table.slot(t2, b2);
+            // Appended before the first record's bucket was released: it must
+            // not belong to an earlier bucket of the same slot.
+            if same_slot && now2 < table.release_time(t1, b1) {
+                prop_assert!(b2 >= b1, "bucket {b2} appended behind {b1}");
+            }
+        }
+    }
+
+    #[test]
+    fn next_turn_release_is_the_first_future_turn(
+        table in table_strategy(),
+        now in 0_i64..4_000_000_000_000,
+        tier_pick in 0_usize..4,
+        slot_pick in 0_i64..10_000,
+    ) {
+        let tier = tier_pick % table.tiers().len();
+        let t = &table.tiers()[tier];
+        let slot = slot_pick % t.slots;
+        let next = table.next_turn_release(tier, slot, now);
+        prop_assert!(next > now);
+        let bucket = (next + t.lead_ms) / t.tick_ms;
+        prop_assert_eq!(table.slot(tier, bucket), slot);
+        prop_assert!(table.release_time(tier, bucket - t.slots) <= now);
+    }
+
+    #[test]
+    fn skewed_clocks_within_bound_never_append_late(
+        now in 0_i64..4_000_000_000_000,
+        ahead in 0_i64..400 * DAY,
+        skew in -700_i64..=700,
+        latency in 0_i64..=200,
+    ) {
+        // Default table: a router whose clock differs from the drainer's by
+        // up to 700 ms, plus 200 ms produce latency, appends in time.
+        let table = default_table();
+        if let Route::Tier { tier, bucket, .. } = table.route(now + skew, now + ahead) {
+            prop_assert!(now + latency < table.release_time(tier, bucket));
+        }
+    }
+
+    #[test]
+    fn partitions_map_back_to_their_slot(
+        table in table_strategy(),
+        bucket in 0_i64..1_000_000_000,
+        lane in 0_u32..8,
+    ) {
+        for tier in 0..table.tiers().len() {
+            let slot = table.slot(tier, bucket);
+            let p = table.partition(tier, slot, lane);
+            prop_assert_eq!(table.slot_of_partition(tier, p), slot);
+        }
+    }
+}

@@ -1,4 +1,5 @@
 //! kafka-delay
+pub mod config;
 pub mod envelope;
 pub mod offsets;
 pub mod timer;

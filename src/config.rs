@@ -1,0 +1,429 @@
+//! Settings: compiled defaults → TOML file → `KAFKA_DELAY__SECTION__KEY`
+//! environment overrides → [`Settings::validate`].
+//!
+//! Durations are human strings (`"1s"`, `"250ms"`, `"365d"`, humantime
+//! syntax). Unknown keys are rejected. Every validation error names the key
+//! and the fix; `main` exits with code 64 (EX_USAGE) on any of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use humantime_serde::Serde;
+use regex::Regex;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::envelope::{is_valid_topic_name, TargetPolicy};
+use crate::wheel::{TierTable, WheelError};
+
+/// A configuration that cannot be loaded or cannot work.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {problem}. Fix: {fix}")]
+    Invalid {
+        key: &'static str,
+        problem: String,
+        fix: String,
+    },
+}
+
+fn invalid(key: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub topics: TopicSettings,
+    pub wheel: WheelSettings,
+    pub service: ServiceSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+/// `[kafka]`: how to reach the cluster. Property maps are passed to
+/// librdkafka unchanged (in environment overrides `_` stands for `.`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`, comma-separated `host:port`.
+    pub bootstrap_servers: String,
+    /// The one consumer group all instances share.
+    pub group_id: String,
+    /// librdkafka properties for every client (consumer, producer, admin).
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "localhost:9092".into(),
+            group_id: "kafka-delay".into(),
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[topics]`: topic names and target rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicSettings {
+    pub ingress: String,
+    pub dead_letter: String,
+    /// Tier topics are `tier_prefix` + tick label (`delay.1s`, `delay.50ms`).
+    pub tier_prefix: String,
+    /// Target for records without `x-target-topic`.
+    pub default_target: Option<String>,
+    /// Regex a target must match in full (e.g. `"orders|billing\\..*"`).
+    pub allowed_targets: Option<String>,
+    /// Topic specs (partitions, retention); the built-in `topics/topics.toml`
+    /// when unset.
+    pub spec_file: Option<PathBuf>,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self {
+            ingress: "delay.in".into(),
+            dead_letter: "delay.dlq".into(),
+            tier_prefix: "delay.".into(),
+            default_target: None,
+            allowed_targets: None,
+            spec_file: None,
+        }
+    }
+}
+
+/// `[wheel]`: the tier table (DESIGN §2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WheelSettings {
+    /// Tier ticks, ascending, each more than twice the previous.
+    pub ticks: Vec<Serde<Duration>>,
+    /// Longest accepted delay; longer ones are dead-lettered.
+    pub max_delay: Serde<Duration>,
+    /// Slots of the top tier.
+    pub top_slots: i64,
+    /// K: partitions per slot (parallelism of one draining slot).
+    pub partitions_per_slot: u32,
+    /// Replication factor of every topic the service creates.
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of every topic the service creates.
+    pub min_insync_replicas: Option<i32>,
+    /// Lead time of tier 0: how long before its bucket starts it is moved to
+    /// the in-memory timer.
+    pub lead: Serde<Duration>,
+    /// How long a drained tier partition stays resumed for late appends
+    /// before it sleeps until its next turn.
+    pub grace: Serde<Duration>,
+}
+
+impl Default for WheelSettings {
+    fn default() -> Self {
+        let d = |s: &str| Serde::from(humantime::parse_duration(s).expect("valid default"));
+        Self {
+            ticks: ["1s", "1m", "1h", "1d"].iter().map(|s| d(s)).collect(),
+            max_delay: d("365d"),
+            top_slots: 32,
+            partitions_per_slot: 1,
+            replication_factor: 3,
+            min_insync_replicas: None,
+            lead: d("200ms"),
+            grace: d("1s"),
+        }
+    }
+}
+
+/// `[service]`: process behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSettings {
+    /// Deadline for a graceful stop (flush, commit, leave the group); keep it
+    /// below the pod's termination grace period.
+    pub shutdown_timeout: Serde<Duration>,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Duration::from_secs(20).into(),
+        }
+    }
+}
+
+/// `[http]`: the metrics and probe endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub enabled: bool,
+    /// `host:port` to listen on.
+    pub bind: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+/// `[log]`: structured logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Short label of a tick, used in tier topic names: `1s`, `1m`, `1h`, `1d`,
+/// `50ms`, `90s`.
+pub fn tick_label(tick_ms: i64) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    UNITS
+        .iter()
+        .find(|(unit, _)| tick_ms % unit == 0)
+        .map(|(unit, name)| format!("{}{name}", tick_ms / unit))
+        .unwrap_or_else(|| format!("{tick_ms}ms"))
+}
+
+fn ms(d: &Serde<Duration>) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Settings {
+    /// Loads defaults, then `path` (TOML) if given, then environment
+    /// overrides `KAFKA_DELAY__SECTION__KEY` (lists comma-separated), and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("KAFKA_DELAY")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("wheel.ticks")
+                .try_parsing(true),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.normalize_properties();
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Environment overrides cannot spell `.` in a key: read `_` as `.`.
+    fn normalize_properties(&mut self) {
+        for map in [
+            &mut self.kafka.properties,
+            &mut self.kafka.consumer_properties,
+            &mut self.kafka.producer_properties,
+        ] {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| (k.replace('_', "."), v))
+                .collect();
+        }
+    }
+
+    /// Checks that the configuration can work; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                "is empty",
+                "set it to host:port[,host:port…] of your brokers",
+            ));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid(
+                "kafka.group_id",
+                "is empty",
+                "set one group id shared by all instances",
+            ));
+        }
+        for (key, name) in [
+            ("topics.ingress", &self.topics.ingress),
+            ("topics.dead_letter", &self.topics.dead_letter),
+        ] {
+            check_topic_name(key, name)?;
+        }
+        if self.topics.ingress == self.topics.dead_letter {
+            return Err(invalid(
+                "topics.dead_letter",
+                "is the same topic as topics.ingress",
+                "give the dead-letter topic its own name",
+            ));
+        }
+        let table = self.tier_table()?;
+        for name in self.tier_topics(&table) {
+            check_topic_name("topics.tier_prefix", &name)?;
+            if name == self.topics.ingress || name == self.topics.dead_letter {
+                return Err(invalid(
+                    "topics.tier_prefix",
+                    format!("tier topic {name} collides with the ingress or dead-letter topic"),
+                    "choose another tier_prefix",
+                ));
+            }
+        }
+        if self.wheel.partitions_per_slot == 0 {
+            return Err(invalid(
+                "wheel.partitions_per_slot",
+                "is 0",
+                "use 1 or more (partitions per slot)",
+            ));
+        }
+        if self.wheel.replication_factor < 1 {
+            return Err(invalid(
+                "wheel.replication_factor",
+                "must be at least 1",
+                "use 3 in production, 1 for a single local broker",
+            ));
+        }
+        if let Some(min_isr) = self.wheel.min_insync_replicas {
+            if min_isr < 1 || min_isr > self.wheel.replication_factor {
+                return Err(invalid(
+                    "wheel.min_insync_replicas",
+                    format!("{min_isr} is outside 1..=replication_factor"),
+                    "use replication_factor − 1 (e.g. 2 of 3)",
+                ));
+            }
+        }
+        if self.wheel.grace.is_zero() {
+            return Err(invalid(
+                "wheel.grace",
+                "is 0",
+                "allow late appends some time, e.g. \"1s\"",
+            ));
+        }
+        self.target_policy()?;
+        if self.http.enabled {
+            self.http.bind.parse::<SocketAddr>().map_err(|e| {
+                invalid("http.bind", e.to_string(), "use host:port, e.g. 0.0.0.0:9090")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Derives the tier table; errors name the `[wheel]` key at fault.
+    pub fn tier_table(&self) -> Result<TierTable, ConfigError> {
+        let ticks: Vec<i64> = self.wheel.ticks.iter().map(ms).collect();
+        TierTable::derive(
+            &ticks,
+            self.wheel.top_slots,
+            ms(&self.wheel.lead),
+            ms(&self.wheel.max_delay),
+        )
+        .map_err(|e| {
+            let key = match e {
+                WheelError::TooFewTopSlots(_) | WheelError::TopTooShort { .. } => "wheel.top_slots",
+                WheelError::BadLead(_) => "wheel.lead",
+                WheelError::BadMaxDelay(_) => "wheel.max_delay",
+                _ => "wheel.ticks",
+            };
+            invalid(key, e.to_string(), "see the [wheel] section of config/example.toml")
+        })
+    }
+
+    /// Tier topic names, lowest tier first.
+    pub fn tier_topics(&self, table: &TierTable) -> Vec<String> {
+        table
+            .tiers()
+            .iter()
+            .map(|t| format!("{}{}", self.topics.tier_prefix, tick_label(t.tick_ms)))
+            .collect()
+    }
+
+    /// The rules targets are checked against.
+    pub fn target_policy(&self) -> Result<TargetPolicy, ConfigError> {
+        let table = self.tier_table()?;
+        let mut own_topics = self.tier_topics(&table);
+        own_topics.push(self.topics.ingress.clone());
+        own_topics.push(self.topics.dead_letter.clone());
+        let allowed = match &self.topics.allowed_targets {
+            Some(pattern) => Some(Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                invalid("topics.allowed_targets", e.to_string(), "give a valid regex")
+            })?),
+            None => None,
+        };
+        let policy = TargetPolicy {
+            default_target: self.topics.default_target.clone(),
+            allowed,
+            own_topics,
+            max_delay_ms: table.max_delay_ms(),
+        };
+        if let Some(target) = &policy.default_target {
+            check_topic_name("topics.default_target", target)?;
+            if policy.own_topics.contains(target) {
+                return Err(invalid(
+                    "topics.default_target",
+                    "is one of the service's own topics",
+                    "name an application topic",
+                ));
+            }
+        }
+        Ok(policy)
+    }
+}
+
+fn check_topic_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
+    if is_valid_topic_name(name) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{name:?} is not a valid topic name"),
+            "use 1–249 characters of a-z A-Z 0-9 . _ -",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

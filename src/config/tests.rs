@@ -1,0 +1,125 @@
+//! Configuration loading and validation tests.
+
+use super::*;
+use std::io::Write;
+
+fn write_toml(text: &str) -> tempfile_path::TempToml {
+    tempfile_path::TempToml::new(text)
+}
+
+/// A TOML file in the target directory, removed on drop.
+mod tempfile_path {
+    use std::path::PathBuf;
+
+    pub struct TempToml(pub PathBuf);
+
+    impl TempToml {
+        pub fn new(text: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("kafka-delay-config-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{}.toml", fastrand::u64(..)));
+            let mut f = std::fs::File::create(&path).unwrap();
+            super::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn load(text: &str) -> Result<Settings, ConfigError> {
+    let file = write_toml(text);
+    Settings::load(Some(&file.0))
+}
+
+fn key_of(err: ConfigError) -> &'static str {
+    match err {
+        ConfigError::Invalid { key, .. } => key,
+        other => panic!("expected a validation error, got {other}"),
+    }
+}
+
+#[test]
+fn example_file_is_the_defaults() {
+    let example = Settings::load(Some(Path::new("config/example.toml"))).unwrap();
+    let defaults = Settings::default();
+    assert_eq!(example.kafka.bootstrap_servers, defaults.kafka.bootstrap_servers);
+    assert_eq!(example.wheel.ticks, defaults.wheel.ticks);
+    assert_eq!(example.wheel.max_delay, defaults.wheel.max_delay);
+    assert_eq!(example.topics.tier_prefix, defaults.topics.tier_prefix);
+    let table = example.tier_table().unwrap();
+    assert_eq!(
+        example.tier_topics(&table),
+        vec!["delay.1s", "delay.1m", "delay.1h", "delay.1d"]
+    );
+}
+
+#[test]
+fn millisecond_ticks_and_passthrough_properties() {
+    let s = load(
+        r#"
+        [kafka.properties]
+        "fetch.wait.max.ms" = 10
+        [wheel]
+        ticks = ["50ms", "500ms", "5s"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(s.kafka.properties.get("fetch.wait.max.ms").map(String::as_str), Some("10"));
+    let table = s.tier_table().unwrap();
+    assert_eq!(s.tier_topics(&table), vec!["delay.50ms", "delay.500ms", "delay.5s"]);
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let err = load("[wheel]\ntick = [\"1s\"]\n").unwrap_err();
+    assert!(err.to_string().contains("tick"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    assert_eq!(key_of(load("[wheel]\nticks = [\"1s\", \"2s\"]\n").unwrap_err()), "wheel.ticks");
+    assert_eq!(key_of(load("[wheel]\ntop_slots = 2\n").unwrap_err()), "wheel.top_slots");
+    assert_eq!(key_of(load("[topics]\ningress = \"a b\"\n").unwrap_err()), "topics.ingress");
+    assert_eq!(
+        key_of(load("[topics]\nallowed_targets = \"(\"\n").unwrap_err()),
+        "topics.allowed_targets"
+    );
+    assert_eq!(
+        key_of(load("[topics]\ndefault_target = \"delay.dlq\"\n").unwrap_err()),
+        "topics.default_target"
+    );
+    assert_eq!(key_of(load("[http]\nbind = \"nowhere\"\n").unwrap_err()), "http.bind");
+    let err = load("[wheel]\nticks = [\"1s\", \"2s\"]\n").unwrap_err();
+    assert!(err.to_string().contains("Fix:"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    // The only test that touches these variables.
+    std::env::set_var("KAFKA_DELAY__WHEEL__TICKS", "100ms,1s");
+    std::env::set_var("KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS", "5000");
+    let s = load("[wheel]\nticks = [\"1s\"]\n");
+    std::env::remove_var("KAFKA_DELAY__WHEEL__TICKS");
+    std::env::remove_var("KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS");
+    let s = s.unwrap();
+    let table = s.tier_table().unwrap();
+    assert_eq!(s.tier_topics(&table), vec!["delay.100ms", "delay.1s"]);
+    assert_eq!(
+        s.kafka.properties.get("statistics.interval.ms").map(String::as_str),
+        Some("5000")
+    );
+}
+
+#[test]
+fn tick_labels() {
+    assert_eq!(tick_label(1_000), "1s");
+    assert_eq!(tick_label(60_000), "1m");
+    assert_eq!(tick_label(86_400_000), "1d");
+    assert_eq!(tick_label(90_000), "90s");
+    assert_eq!(tick_label(50), "50ms");
+}

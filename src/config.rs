@@ -346,7 +346,11 @@ impl Settings {
         self.target_policy()?;
         if self.http.enabled {
             self.http.bind.parse::<SocketAddr>().map_err(|e| {
-                invalid("http.bind", e.to_string(), "use host:port, e.g. 0.0.0.0:9090")
+                invalid(
+                    "http.bind",
+                    e.to_string(),
+                    "use host:port, e.g. 0.0.0.0:9090",
+                )
             })?;
         }
         Ok(())
@@ -368,7 +372,11 @@ impl Settings {
                 WheelError::BadMaxDelay(_) => "wheel.max_delay",
                 _ => "wheel.ticks",
             };
-            invalid(key, e.to_string(), "see the [wheel] section of config/example.toml")
+            invalid(
+                key,
+                e.to_string(),
+                "see the [wheel] section of config/example.toml",
+            )
         })
     }
 
@@ -389,7 +397,11 @@ impl Settings {
         own_topics.push(self.topics.dead_letter.clone());
         let allowed = match &self.topics.allowed_targets {
             Some(pattern) => Some(Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-                invalid("topics.allowed_targets", e.to_string(), "give a valid regex")
+                invalid(
+                    "topics.allowed_targets",
+                    e.to_string(),
+                    "give a valid regex",
+                )
             })?),
             None => None,
         };

@@ -218,9 +218,8 @@ fn parse_deliver_at(raw: &[u8]) -> Result<i64, EnvelopeError> {
         None => {}
     }
     let text = std::str::from_utf8(raw).map_err(|_| EnvelopeError::DeliverAtInvalid(lossy(raw)))?;
-    let instant =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| EnvelopeError::DeliverAtInvalid(text.to_owned()))?;
+    let instant = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| EnvelopeError::DeliverAtInvalid(text.to_owned()))?;
     i64::try_from(instant.unix_timestamp_nanos().div_euclid(1_000_000))
         .map_err(|_| EnvelopeError::DelayOverflow(text.to_owned()))
 }

@@ -1,1 +1,217 @@
-fn main() {}
+//! The `kafka-delay` binary: parse the CLI, load and validate the
+//! configuration before touching the network (exit 64 on bad
+//! configuration), start telemetry, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kafka_delay::config::Settings;
+use kafka_delay::{demo, produce, service, telemetry, topics};
+
+/// Delayed delivery for Apache Kafka: records with an `x-delay` or
+/// `x-deliver-at` header on the ingress topic appear on their
+/// `x-target-topic` when due.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// TOML configuration file (see config/example.toml); environment
+    /// variables KAFKA_DELAY__SECTION__KEY override it.
+    #[arg(long, short, env = "KAFKA_DELAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (consumer group over the ingress and tier topics).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Validate the configuration (and librdkafka properties) and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Manage the service's topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Publish delayed records to the ingress topic: VALUE, or one record per
+    /// line of standard input.
+    Produce {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Topic to deliver to.
+        #[arg(long)]
+        target: String,
+        /// Delay after the record timestamp ("30s", "250ms", "2h").
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "deliver_at")]
+        delay: Option<Duration>,
+        /// Absolute due time: epoch ms or RFC 3339.
+        #[arg(long)]
+        deliver_at: Option<String>,
+        /// Record key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Record value; omit to read values from standard input.
+        value: Option<String>,
+    },
+    /// Start a local broker and the service, publish records into every
+    /// tier and print their arrivals with lateness.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Create missing topics, report drift (idempotent).
+    Apply {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Topic spec file (default: the built-in topics/topics.toml, or
+        /// topics.spec_file from the configuration).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+}
+
+/// EX_USAGE, as linkerd2-proxy uses for bad configuration.
+const EXIT_CONFIG: u8 = 64;
+
+fn load(config: &ConfigArg) -> Result<Settings, ExitCode> {
+    Settings::load(config.config.as_deref()).map_err(|error| {
+        eprintln!("kafka-delay: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("kafka-delay: {error}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, check } => {
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            telemetry::init(&settings.log);
+            if check {
+                return match check_clients(&settings) {
+                    Ok(()) => {
+                        println!("configuration OK");
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => {
+                        eprintln!("kafka-delay: {error}");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                };
+            }
+            match service::run(&settings, Arc::new(AtomicBool::new(false)), true) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(error),
+            }
+        }
+        Command::Topics {
+            action: TopicsAction::Apply { config, spec },
+        } => {
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            telemetry::init(&settings.log);
+            let spec_path = spec.or_else(|| settings.topics.spec_file.clone());
+            let result = topics::Spec::load(spec_path.as_deref()).and_then(|spec| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| topics::TopicsError::Drift(e.to_string()))?;
+                runtime.block_on(topics::apply(&settings, &spec))
+            });
+            match result {
+                Ok(reports) => {
+                    for r in &reports {
+                        println!("{r}");
+                    }
+                    if topics::has_drift(&reports) {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(error) => fail(error),
+            }
+        }
+        Command::Produce {
+            config,
+            target,
+            delay,
+            deliver_at,
+            key,
+            value,
+        } => {
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            telemetry::init(&settings.log);
+            let when = match (delay, deliver_at) {
+                (_, Some(at)) => produce::When::At(at),
+                (Some(d), None) => produce::When::Delay(d),
+                (None, None) => produce::When::Delay(Duration::ZERO),
+            };
+            let values: Box<dyn Iterator<Item = String>> = match value {
+                Some(v) => Box::new(std::iter::once(v)),
+                None => Box::new(produce::stdin_lines()),
+            };
+            match produce::produce(&settings, &target, &when, key.as_deref(), values) {
+                Ok(n) => {
+                    println!("{n} records published to {}", settings.topics.ingress);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(error),
+            }
+        }
+        Command::Demo => {
+            telemetry::init(&kafka_delay::config::LogSettings {
+                filter: "warn".into(),
+                ..Default::default()
+            });
+            match demo::run() {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => fail(error),
+            }
+        }
+    }
+}
+
+/// `run --check`: librdkafka rejects unknown or malformed properties when a
+/// client is created (no connection is needed for that).
+fn check_clients(settings: &Settings) -> Result<(), String> {
+    use kafka_delay::kafka;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+    kafka::consumer_config(settings)
+        .create::<BaseConsumer>()
+        .map_err(|e| {
+            format!("configuration key `kafka.consumer_properties`/`kafka.properties`: {e}")
+        })?;
+    kafka::producer_config(settings)
+        .create::<BaseProducer>()
+        .map_err(|e| {
+            format!("configuration key `kafka.producer_properties`/`kafka.properties`: {e}")
+        })?;
+    Ok(())
+}

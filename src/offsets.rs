@@ -7,7 +7,7 @@
 //! taken offset when nothing is pending — the contiguous acked prefix, as in
 //! rust-rdkafka's `at_least_once` example.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// Pending offsets of one source partition.
 #[derive(Debug, Default)]
@@ -55,6 +55,109 @@ impl PartitionOffsets {
     }
 }
 
+/// Offsets of every assigned source partition, shared by the consumer loop
+/// (take), the producer's delivery callback (done) and the rebalance
+/// callback (commit on revoke).
+///
+/// Each assignment of a partition gets a fresh id, so a late acknowledgement
+/// from a previous assignment can never mark an offset of the current one.
+#[derive(Debug, Default)]
+pub struct Book {
+    entries: Vec<Option<BookEntry>>,
+    ids: HashMap<(String, i32), u32>,
+}
+
+#[derive(Debug)]
+struct BookEntry {
+    topic: String,
+    partition: i32,
+    offsets: PartitionOffsets,
+    stored: Option<i64>,
+}
+
+impl Book {
+    /// Starts tracking a newly assigned partition; returns its id.
+    pub fn register(&mut self, topic: &str, partition: i32) -> u32 {
+        let id = self.entries.len() as u32;
+        self.entries.push(Some(BookEntry {
+            topic: topic.to_owned(),
+            partition,
+            offsets: PartitionOffsets::default(),
+            stored: None,
+        }));
+        if let Some(old) = self.ids.insert((topic.to_owned(), partition), id) {
+            self.entries[old as usize] = None;
+        }
+        id
+    }
+
+    /// The id of an assigned partition.
+    pub fn id(&self, topic: &str, partition: i32) -> Option<u32> {
+        self.ids.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    /// True while the assignment `id` is current.
+    pub fn is_live(&self, id: u32) -> bool {
+        self.entries.get(id as usize).is_some_and(Option::is_some)
+    }
+
+    fn entry(&mut self, id: u32) -> Option<&mut BookEntry> {
+        self.entries.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    /// See [`PartitionOffsets::take`]; false for a revoked assignment.
+    pub fn take(&mut self, id: u32, offset: i64) -> bool {
+        self.entry(id).is_some_and(|e| e.offsets.take(offset))
+    }
+
+    /// See [`PartitionOffsets::done`].
+    pub fn done(&mut self, id: u32, offset: i64) {
+        if let Some(e) = self.entry(id) {
+            e.offsets.done(offset);
+        }
+    }
+
+    /// Stops tracking a revoked partition; returns its commit position.
+    pub fn remove(&mut self, topic: &str, partition: i32) -> Option<i64> {
+        let id = self.ids.remove(&(topic.to_owned(), partition))?;
+        self.entries[id as usize]
+            .take()
+            .and_then(|e| e.offsets.commit_position())
+    }
+
+    /// Commit positions that moved since the last call, as
+    /// (topic, partition, offset), marking them stored.
+    pub fn unstored(&mut self) -> Vec<(String, i32, i64)> {
+        let mut out = Vec::new();
+        for e in self.entries.iter_mut().flatten() {
+            let position = e.offsets.commit_position();
+            if position.is_some() && position != e.stored {
+                e.stored = position;
+                out.push((e.topic.clone(), e.partition, position.unwrap_or_default()));
+            }
+        }
+        out
+    }
+
+    /// Commit position of every assigned partition, as (topic, partition, offset).
+    pub fn positions(&self) -> Vec<(String, i32, i64)> {
+        self.entries
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.topic.clone(), e.partition, e.offsets.commit_position()?)))
+            .collect()
+    }
+
+    /// Records taken but not yet acknowledged, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.entries
+            .iter()
+            .flatten()
+            .map(|e| e.offsets.in_flight())
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +180,23 @@ mod tests {
         assert_eq!(p.commit_position(), Some(15));
         assert_eq!(p.in_flight(), 0);
         assert!(!p.take(3));
+    }
+
+    #[test]
+    fn a_new_assignment_ignores_acks_of_the_old_one() {
+        let mut book = Book::default();
+        let old = book.register("t", 0);
+        assert!(book.take(old, 5));
+        let new = book.register("t", 0);
+        assert!(!book.is_live(old));
+        book.done(old, 5);
+        assert!(book.take(new, 5));
+        assert_eq!(book.unstored(), vec![("t".to_owned(), 0, 5)]);
+        book.done(new, 5);
+        assert_eq!(book.unstored(), vec![("t".to_owned(), 0, 6)]);
+        assert!(book.unstored().is_empty());
+        assert_eq!(book.remove("t", 0), Some(6));
+        assert_eq!(book.id("t", 0), None);
     }
 
     proptest! {

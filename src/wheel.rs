@@ -98,7 +98,9 @@ pub enum WheelError {
     BadLead(i64),
     #[error("max_delay is {0} ms; it must be positive")]
     BadMaxDelay(i64),
-    #[error("tier #{index} would need {slots} slots; at most {max} are allowed — add a tier between")]
+    #[error(
+        "tier #{index} would need {slots} slots; at most {max} are allowed — add a tier between"
+    )]
     TooManySlots { index: usize, slots: i64, max: i64 },
 }
 

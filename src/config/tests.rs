@@ -15,7 +15,8 @@ mod tempfile_path {
 
     impl TempToml {
         pub fn new(text: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("kafka-delay-config-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("kafka-delay-config-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join(format!("{}.toml", fastrand::u64(..)));
             let mut f = std::fs::File::create(&path).unwrap();
@@ -47,7 +48,10 @@ fn key_of(err: ConfigError) -> &'static str {
 fn example_file_is_the_defaults() {
     let example = Settings::load(Some(Path::new("config/example.toml"))).unwrap();
     let defaults = Settings::default();
-    assert_eq!(example.kafka.bootstrap_servers, defaults.kafka.bootstrap_servers);
+    assert_eq!(
+        example.kafka.bootstrap_servers,
+        defaults.kafka.bootstrap_servers
+    );
     assert_eq!(example.wheel.ticks, defaults.wheel.ticks);
     assert_eq!(example.wheel.max_delay, defaults.wheel.max_delay);
     assert_eq!(example.topics.tier_prefix, defaults.topics.tier_prefix);
@@ -69,9 +73,18 @@ fn millisecond_ticks_and_passthrough_properties() {
         "#,
     )
     .unwrap();
-    assert_eq!(s.kafka.properties.get("fetch.wait.max.ms").map(String::as_str), Some("10"));
+    assert_eq!(
+        s.kafka
+            .properties
+            .get("fetch.wait.max.ms")
+            .map(String::as_str),
+        Some("10")
+    );
     let table = s.tier_table().unwrap();
-    assert_eq!(s.tier_topics(&table), vec!["delay.50ms", "delay.500ms", "delay.5s"]);
+    assert_eq!(
+        s.tier_topics(&table),
+        vec!["delay.50ms", "delay.500ms", "delay.5s"]
+    );
 }
 
 #[test]
@@ -82,9 +95,18 @@ fn unknown_keys_are_rejected() {
 
 #[test]
 fn bad_values_name_their_key() {
-    assert_eq!(key_of(load("[wheel]\nticks = [\"1s\", \"2s\"]\n").unwrap_err()), "wheel.ticks");
-    assert_eq!(key_of(load("[wheel]\ntop_slots = 2\n").unwrap_err()), "wheel.top_slots");
-    assert_eq!(key_of(load("[topics]\ningress = \"a b\"\n").unwrap_err()), "topics.ingress");
+    assert_eq!(
+        key_of(load("[wheel]\nticks = [\"1s\", \"2s\"]\n").unwrap_err()),
+        "wheel.ticks"
+    );
+    assert_eq!(
+        key_of(load("[wheel]\ntop_slots = 2\n").unwrap_err()),
+        "wheel.top_slots"
+    );
+    assert_eq!(
+        key_of(load("[topics]\ningress = \"a b\"\n").unwrap_err()),
+        "topics.ingress"
+    );
     assert_eq!(
         key_of(load("[topics]\nallowed_targets = \"(\"\n").unwrap_err()),
         "topics.allowed_targets"
@@ -93,7 +115,10 @@ fn bad_values_name_their_key() {
         key_of(load("[topics]\ndefault_target = \"delay.dlq\"\n").unwrap_err()),
         "topics.default_target"
     );
-    assert_eq!(key_of(load("[http]\nbind = \"nowhere\"\n").unwrap_err()), "http.bind");
+    assert_eq!(
+        key_of(load("[http]\nbind = \"nowhere\"\n").unwrap_err()),
+        "http.bind"
+    );
     let err = load("[wheel]\nticks = [\"1s\", \"2s\"]\n").unwrap_err();
     assert!(err.to_string().contains("Fix:"), "{err}");
 }
@@ -102,7 +127,10 @@ fn bad_values_name_their_key() {
 fn environment_overrides_the_file() {
     // The only test that touches these variables.
     std::env::set_var("KAFKA_DELAY__WHEEL__TICKS", "100ms,1s");
-    std::env::set_var("KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS", "5000");
+    std::env::set_var(
+        "KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS",
+        "5000",
+    );
     let s = load("[wheel]\nticks = [\"1s\"]\n");
     std::env::remove_var("KAFKA_DELAY__WHEEL__TICKS");
     std::env::remove_var("KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS");
@@ -110,7 +138,10 @@ fn environment_overrides_the_file() {
     let table = s.tier_table().unwrap();
     assert_eq!(s.tier_topics(&table), vec!["delay.100ms", "delay.1s"]);
     assert_eq!(
-        s.kafka.properties.get("statistics.interval.ms").map(String::as_str),
+        s.kafka
+            .properties
+            .get("statistics.interval.ms")
+            .map(String::as_str),
         Some("5000")
     );
 }

@@ -38,15 +38,27 @@ fn delay_counts_from_the_record_timestamp() {
 #[test]
 fn deliver_at_accepts_epoch_ms_and_rfc3339() {
     let p = policy();
-    let env = parse(&[("x-deliver-at", "1700000060000"), ("x-target-topic", "orders")], &p);
+    let env = parse(
+        &[
+            ("x-deliver-at", "1700000060000"),
+            ("x-target-topic", "orders"),
+        ],
+        &p,
+    );
     assert_eq!(env.unwrap().due_ms, 1_700_000_060_000);
     let env = parse(
-        &[("x-deliver-at", "2023-11-14T22:14:20.5+00:00"), ("x-target-topic", "app.x")],
+        &[
+            ("x-deliver-at", "2023-11-14T22:14:20.5+00:00"),
+            ("x-target-topic", "app.x"),
+        ],
         &p,
     );
     assert_eq!(env.unwrap().due_ms, 1_700_000_060_500);
     let env = parse(
-        &[("x-deliver-at", "2023-11-15T00:14:20Z"), ("x-target-topic", "app.x")],
+        &[
+            ("x-deliver-at", "2023-11-15T00:14:20Z"),
+            ("x-target-topic", "app.x"),
+        ],
         &p,
     );
     assert_eq!(env.unwrap().due_ms, 1_700_007_260_000);
@@ -55,7 +67,10 @@ fn deliver_at_accepts_epoch_ms_and_rfc3339() {
 #[test]
 fn no_delay_header_means_now_and_past_due_is_kept() {
     let p = policy();
-    assert_eq!(parse(&[("x-target-topic", "orders")], &p).unwrap().due_ms, NOW - 1_000);
+    assert_eq!(
+        parse(&[("x-target-topic", "orders")], &p).unwrap().due_ms,
+        NOW - 1_000
+    );
     let env = parse(&[("x-deliver-at", "5"), ("x-target-topic", "orders")], &p).unwrap();
     assert_eq!(env.due_ms, 5);
 }
@@ -65,33 +80,92 @@ fn default_target_applies_only_without_header() {
     let mut p = policy();
     p.default_target = Some("orders".into());
     assert_eq!(parse(&[("x-delay", "1")], &p).unwrap().target, "orders");
-    assert_eq!(parse(&[("x-target-topic", "app.y")], &p).unwrap().target, "app.y");
+    assert_eq!(
+        parse(&[("x-target-topic", "app.y")], &p).unwrap().target,
+        "app.y"
+    );
 }
 
 #[test]
 fn every_bad_header_has_its_reason() {
     let p = policy();
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("x-delay", "abc"), ("x-target-topic", "orders")], "invalid_delay"),
-        (&[("x-delay", " 5"), ("x-target-topic", "orders")], "invalid_delay"),
-        (&[("x-delay", "+5"), ("x-target-topic", "orders")], "invalid_delay"),
-        (&[("x-delay", "1e3"), ("x-target-topic", "orders")], "invalid_delay"),
-        (&[("x-delay", ""), ("x-target-topic", "orders")], "invalid_delay"),
-        (&[("x-delay", "-5"), ("x-target-topic", "orders")], "invalid_delay"),
-        (&[("x-delay", "99999999999999999999"), ("x-target-topic", "orders")], "invalid_delay"),
-        (&[("x-delay", "9223372036854775807"), ("x-target-topic", "orders")], "invalid_delay"),
-        (&[("x-deliver-at", "tomorrow"), ("x-target-topic", "orders")], "invalid_deliver_at"),
-        (&[("x-delay", "1"), ("x-deliver-at", "1"), ("x-target-topic", "orders")], "conflicting_headers"),
-        (&[("x-delay", "1"), ("x-delay", "2"), ("x-target-topic", "orders")], "conflicting_headers"),
-        (&[("x-target-topic", "orders"), ("x-target-topic", "orders")], "conflicting_headers"),
+        (
+            &[("x-delay", "abc"), ("x-target-topic", "orders")],
+            "invalid_delay",
+        ),
+        (
+            &[("x-delay", " 5"), ("x-target-topic", "orders")],
+            "invalid_delay",
+        ),
+        (
+            &[("x-delay", "+5"), ("x-target-topic", "orders")],
+            "invalid_delay",
+        ),
+        (
+            &[("x-delay", "1e3"), ("x-target-topic", "orders")],
+            "invalid_delay",
+        ),
+        (
+            &[("x-delay", ""), ("x-target-topic", "orders")],
+            "invalid_delay",
+        ),
+        (
+            &[("x-delay", "-5"), ("x-target-topic", "orders")],
+            "invalid_delay",
+        ),
+        (
+            &[
+                ("x-delay", "99999999999999999999"),
+                ("x-target-topic", "orders"),
+            ],
+            "invalid_delay",
+        ),
+        (
+            &[
+                ("x-delay", "9223372036854775807"),
+                ("x-target-topic", "orders"),
+            ],
+            "invalid_delay",
+        ),
+        (
+            &[("x-deliver-at", "tomorrow"), ("x-target-topic", "orders")],
+            "invalid_deliver_at",
+        ),
+        (
+            &[
+                ("x-delay", "1"),
+                ("x-deliver-at", "1"),
+                ("x-target-topic", "orders"),
+            ],
+            "conflicting_headers",
+        ),
+        (
+            &[
+                ("x-delay", "1"),
+                ("x-delay", "2"),
+                ("x-target-topic", "orders"),
+            ],
+            "conflicting_headers",
+        ),
+        (
+            &[("x-target-topic", "orders"), ("x-target-topic", "orders")],
+            "conflicting_headers",
+        ),
         (&[("x-delay", "1")], "missing_target"),
         (&[("x-target-topic", "bad topic")], "invalid_target"),
         (&[("x-target-topic", "")], "invalid_target"),
         (&[("x-target-topic", "..")], "invalid_target"),
-        (&[("x-target-topic", "__consumer_offsets")], "forbidden_target"),
+        (
+            &[("x-target-topic", "__consumer_offsets")],
+            "forbidden_target",
+        ),
         (&[("x-target-topic", "delay.dlq")], "forbidden_target"),
         (&[("x-target-topic", "payments")], "forbidden_target"),
-        (&[("x-delay", "86401001"), ("x-target-topic", "orders")], "beyond_max_delay"),
+        (
+            &[("x-delay", "86401001"), ("x-target-topic", "orders")],
+            "beyond_max_delay",
+        ),
     ];
     for (headers, reason) in cases {
         let err = parse(headers, &p).expect_err(&format!("{headers:?} must be rejected"));
@@ -104,7 +178,10 @@ fn every_bad_header_has_its_reason() {
 fn error_text_explains_in_plain_words() {
     let p = policy();
     let err = parse(&[("x-delay", "soon"), ("x-target-topic", "orders")], &p).unwrap_err();
-    assert_eq!(err.to_string(), "x-delay must be ASCII decimal milliseconds, got \"soon\"");
+    assert_eq!(
+        err.to_string(),
+        "x-delay must be ASCII decimal milliseconds, got \"soon\""
+    );
 }
 
 #[test]

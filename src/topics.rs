@@ -1,0 +1,369 @@
+//! Topics as code: the specs in `topics/topics.toml` and `topics apply`.
+//!
+//! `apply` creates missing topics with derived partition counts and reports
+//! drift; a wrong partition count is an error, never silently "fixed". It is
+//! idempotent. Brokers that answer DescribeConfigs with no entries (such as
+//! Tansu) are reported as "configs not verifiable", not as drift.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use humantime_serde::Serde;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::config::{ConfigError, Settings};
+use crate::kafka;
+
+/// The built-in spec, identical to `topics/topics.toml`.
+pub const DEFAULT_SPEC: &str = include_str!("../topics/topics.toml");
+
+/// Errors of loading specs or talking to the cluster.
+#[derive(Debug, Error)]
+pub enum TopicsError {
+    #[error("topic spec {path}: {error}")]
+    Spec { path: String, error: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Drift(String),
+}
+
+/// The spec file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub ingress: FixedTopic,
+    pub dead_letter: FixedTopic,
+    pub tiers: TierTopics,
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A topic whose partition count is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedTopic {
+    pub partitions: i32,
+    pub retention: Serde<Duration>,
+}
+
+/// How tier retention is derived.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierTopics {
+    pub retention_factor: u32,
+    pub retention_margin: Serde<Duration>,
+}
+
+/// One topic to create or check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPlan {
+    pub name: String,
+    pub partitions: i32,
+    pub retention_ms: i64,
+    /// Shortest retention that still works (ms): a tier's horizon.
+    pub min_retention_ms: i64,
+}
+
+impl Spec {
+    /// Loads `path`, or the built-in spec when None.
+    pub fn load(path: Option<&Path>) -> Result<Self, TopicsError> {
+        let (name, text) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|e| TopicsError::Spec {
+                    path: p.display().to_string(),
+                    error: e.to_string(),
+                })?,
+            ),
+            None => ("(built-in)".to_owned(), DEFAULT_SPEC.to_owned()),
+        };
+        toml::from_str(&text).map_err(|e| TopicsError::Spec {
+            path: name,
+            error: e.to_string(),
+        })
+    }
+
+    /// Every topic the service needs: ingress, dead-letter, then the tiers.
+    pub fn plan(&self, settings: &Settings) -> Result<Vec<TopicPlan>, TopicsError> {
+        let table = settings.tier_table()?;
+        let ms = |d: &Serde<Duration>| d.as_millis() as i64;
+        let mut plans = vec![
+            TopicPlan {
+                name: settings.topics.ingress.clone(),
+                partitions: self.ingress.partitions,
+                retention_ms: ms(&self.ingress.retention),
+                min_retention_ms: 0,
+            },
+            TopicPlan {
+                name: settings.topics.dead_letter.clone(),
+                partitions: self.dead_letter.partitions,
+                retention_ms: ms(&self.dead_letter.retention),
+                min_retention_ms: 0,
+            },
+        ];
+        let k = i64::from(settings.wheel.partitions_per_slot);
+        for (tier, name) in table.tiers().iter().zip(settings.tier_topics(&table)) {
+            let horizon = tier.horizon_ms() + tier.lead_ms;
+            plans.push(TopicPlan {
+                name,
+                partitions: (tier.slots * k) as i32,
+                retention_ms: horizon * i64::from(self.tiers.retention_factor.max(1))
+                    + ms(&self.tiers.retention_margin),
+                min_retention_ms: horizon,
+            });
+        }
+        if let Some(bad) = plans.iter().find(|p| p.partitions < 1) {
+            return Err(TopicsError::Drift(format!(
+                "{}: partitions must be at least 1",
+                bad.name
+            )));
+        }
+        Ok(plans)
+    }
+}
+
+/// What `apply` did or found for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Ok,
+    /// Exists with another partition count: an error.
+    WrongPartitions {
+        actual: i32,
+    },
+    /// Exists with a retention shorter than the tier's horizon: an error.
+    RetentionTooShort {
+        actual_ms: i64,
+    },
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub plan: TopicPlan,
+    pub status: Status,
+    /// False when the broker did not describe the topic's configs.
+    pub configs_verified: bool,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = &self.plan;
+        let what = match &self.status {
+            Status::Created => format!("created ({} partitions)", p.partitions),
+            Status::Ok => format!("ok ({} partitions)", p.partitions),
+            Status::WrongPartitions { actual } => format!(
+                "ERROR: has {actual} partitions, the tier table needs {}; recreate the topic \
+                 (partition counts are never changed in place: that would re-slot pending records)",
+                p.partitions
+            ),
+            Status::RetentionTooShort { actual_ms } => format!(
+                "ERROR: retention.ms is {actual_ms}, shorter than the tier horizon {} ms; raise it",
+                p.min_retention_ms
+            ),
+        };
+        let configs = if self.configs_verified {
+            ""
+        } else {
+            "; configs not verifiable (the broker describes no topic configs)"
+        };
+        write!(f, "{:<28} {what}{configs}", p.name)
+    }
+}
+
+fn admin(settings: &Settings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    kafka::admin_config(settings).create()
+}
+
+/// Current partition counts of `names` (None: the topic does not exist).
+fn partition_counts(
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[&str],
+) -> Result<Vec<Option<i32>>, KafkaError> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    Ok(names
+        .iter()
+        .map(|name| {
+            metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == *name && t.error().is_none())
+                .map(|t| t.partitions().len() as i32)
+        })
+        .collect())
+}
+
+/// Creates missing topics and checks existing ones. Returns one report line
+/// per topic; any drift is in the report (see [`has_drift`]).
+pub async fn apply(settings: &Settings, spec: &Spec) -> Result<Vec<Report>, TopicsError> {
+    let plans = spec.plan(settings)?;
+    let admin = admin(settings)?;
+    let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    let counts = partition_counts(&admin, &names)?;
+    let retentions: Vec<String> = plans.iter().map(|p| p.retention_ms.to_string()).collect();
+    let min_isr = settings.wheel.min_insync_replicas.map(|n| n.to_string());
+    let mut new_topics = Vec::new();
+    for ((plan, count), retention) in plans.iter().zip(&counts).zip(&retentions) {
+        if count.is_some() {
+            continue;
+        }
+        let mut topic = NewTopic::new(
+            &plan.name,
+            plan.partitions,
+            TopicReplication::Fixed(settings.wheel.replication_factor),
+        )
+        .set("retention.ms", retention);
+        if let Some(min_isr) = &min_isr {
+            topic = topic.set("min.insync.replicas", min_isr);
+        }
+        for (k, v) in &spec.configs {
+            topic = topic.set(k, v);
+        }
+        new_topics.push(topic);
+    }
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut created = Vec::new();
+    if !new_topics.is_empty() {
+        for result in admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(name) => created.push(name),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => created.push(name),
+                Err((name, code)) => {
+                    return Err(TopicsError::Drift(format!("cannot create {name}: {code}")))
+                }
+            }
+        }
+    }
+    let described = describe_retention(&admin, &names, &options).await;
+    let mut reports = Vec::new();
+    for ((plan, count), retention) in plans.into_iter().zip(counts).zip(described) {
+        let status = match count {
+            None => Status::Created,
+            Some(actual) if actual != plan.partitions => Status::WrongPartitions { actual },
+            Some(_) => match retention {
+                Some(actual_ms) if actual_ms >= 0 && actual_ms < plan.min_retention_ms => {
+                    Status::RetentionTooShort { actual_ms }
+                }
+                _ => Status::Ok,
+            },
+        };
+        reports.push(Report {
+            plan,
+            status,
+            configs_verified: retention.is_some(),
+        });
+    }
+    Ok(reports)
+}
+
+/// `retention.ms` of each topic, None where the broker described nothing.
+async fn describe_retention(
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[&str],
+    options: &AdminOptions,
+) -> Vec<Option<i64>> {
+    let specifiers: Vec<ResourceSpecifier<'_>> =
+        names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+    let results = match admin.describe_configs(&specifiers, options).await {
+        Ok(results) => results,
+        Err(error) => {
+            tracing::debug!(%error, "DescribeConfigs failed");
+            return vec![None; names.len()];
+        }
+    };
+    results
+        .into_iter()
+        .map(|r| {
+            r.ok()?
+                .get("retention.ms")?
+                .value
+                .as_deref()?
+                .parse::<i64>()
+                .ok()
+        })
+        .chain(std::iter::repeat(None))
+        .take(names.len())
+        .collect()
+}
+
+/// True when any report line is an error.
+pub fn has_drift(reports: &[Report]) -> bool {
+    reports
+        .iter()
+        .any(|r| !matches!(r.status, Status::Ok | Status::Created))
+}
+
+/// Start-up check: every topic exists with the planned partition count.
+/// The error says which topic and to run `kafka-delay topics apply`.
+pub fn verify(settings: &Settings, spec: &Spec) -> Result<(), TopicsError> {
+    let plans = spec.plan(settings)?;
+    let admin = admin(settings)?;
+    let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    let counts = partition_counts(&admin, &names)?;
+    for (plan, count) in plans.iter().zip(counts) {
+        match count {
+            None => return Err(TopicsError::Drift(format!(
+                "topic {} does not exist: run `kafka-delay topics apply` with this configuration",
+                plan.name
+            ))),
+            Some(actual)
+                if plan.name != settings.topics.ingress
+                    && plan.name != settings.topics.dead_letter
+                    && actual != plan.partitions =>
+            {
+                return Err(TopicsError::Drift(format!(
+                    "tier topic {} has {actual} partitions but the tier table needs {}: \
+                     the [wheel] settings changed since the topics were created",
+                    plan.name, plan.partitions
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_plan_derives_tier_partitions_and_retention() {
+        let spec = Spec::load(None).unwrap();
+        let plans = spec.plan(&Settings::default()).unwrap();
+        let parts: Vec<i32> = plans.iter().map(|p| p.partitions).collect();
+        assert_eq!(parts, vec![6, 3, 64, 64, 28, 32]);
+        for p in &plans[2..] {
+            assert!(p.retention_ms > p.min_retention_ms, "{p:?}");
+        }
+        assert_eq!(plans[2].name, "delay.1s");
+    }
+
+    #[test]
+    fn report_lines_say_what_is_wrong() {
+        let plan = TopicPlan {
+            name: "delay.1s".into(),
+            partitions: 64,
+            retention_ms: 1,
+            min_retention_ms: 0,
+        };
+        let line = Report {
+            plan,
+            status: Status::WrongPartitions { actual: 12 },
+            configs_verified: false,
+        }
+        .to_string();
+        assert!(line.contains("has 12 partitions"), "{line}");
+        assert!(line.contains("configs not verifiable"), "{line}");
+    }
+}

@@ -83,6 +83,20 @@ impl LocalBroker {
         if kind == "nisshi" {
             cmd.args(["--group-initial-rebalance-delay", "0s"]);
         }
+        // The broker dies with us even if we are killed: SIGKILL on parent
+        // death (Linux). The spawning thread must outlive the broker, which
+        // is why `start_for_process` spawns from a thread that never ends.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and touches no Rust state.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .map_err(|e| BrokerError::Spawn(bin.display().to_string(), e))?;
@@ -100,6 +114,31 @@ impl LocalBroker {
         }
         Ok(broker)
     }
+}
+
+/// A broker that lives as long as the process (for test binaries, whose
+/// threads come and go): started once, from a thread that never exits.
+pub fn start_for_process() -> Result<String, String> {
+    use std::sync::OnceLock;
+    static BOOTSTRAP: OnceLock<Result<String, String>> = OnceLock::new();
+    BOOTSTRAP
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || match LocalBroker::start() {
+                Ok(broker) => {
+                    let _ = tx.send(Ok(broker.bootstrap.clone()));
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(error) => {
+                    let _ = tx.send(Err(error.to_string()));
+                }
+            });
+            rx.recv()
+                .unwrap_or_else(|_| Err("broker thread died".into()))
+        })
+        .clone()
 }
 
 impl Drop for LocalBroker {

@@ -270,6 +270,21 @@ impl Metrics {
         self.commit_errors.inc();
     }
 
+    /// Records written into any tier so far (for writes per record).
+    pub fn tier_writes_total(&self) -> u64 {
+        self.tier_writes.iter().map(IntCounter::get).sum()
+    }
+
+    /// Records delivered to targets so far.
+    pub fn forwarded_total(&self) -> u64 {
+        self.forwarded.iter().map(IntCounter::get).sum()
+    }
+
+    /// Late appends over all tiers so far.
+    pub fn late_appends_total(&self) -> u64 {
+        self.late_appends.iter().map(IntCounter::get).sum()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

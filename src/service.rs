@@ -35,12 +35,29 @@ pub fn tier_labels(settings: &Settings) -> Result<Vec<String>, config::ConfigErr
 /// Runs the service until `stop` is set (by a signal when `signals` is true).
 /// Checks that the topics exist first.
 pub fn run(settings: &Settings, stop: Arc<AtomicBool>, signals: bool) -> Result<(), ServiceError> {
-    let spec = Spec::load(settings.topics.spec_file.as_deref())?;
-    topics::verify(settings, &spec)?;
     let metrics = Arc::new(Metrics::new(
         &tier_labels(settings).map_err(EngineError::from)?,
     ));
-    let health = Arc::new(Health::default());
+    run_with(
+        settings,
+        stop,
+        signals,
+        metrics,
+        Arc::new(Health::default()),
+    )
+}
+
+/// [`run`] with the caller's metrics and health (tests and the benchmark
+/// read them).
+pub fn run_with(
+    settings: &Settings,
+    stop: Arc<AtomicBool>,
+    signals: bool,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<(), ServiceError> {
+    let spec = Spec::load(settings.topics.spec_file.as_deref())?;
+    topics::verify(settings, &spec)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

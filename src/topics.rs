@@ -312,10 +312,12 @@ pub fn verify(settings: &Settings, spec: &Spec) -> Result<(), TopicsError> {
     let counts = partition_counts(&admin, &names)?;
     for (plan, count) in plans.iter().zip(counts) {
         match count {
-            None => return Err(TopicsError::Drift(format!(
+            None => {
+                return Err(TopicsError::Drift(format!(
                 "topic {} does not exist: run `kafka-delay topics apply` with this configuration",
                 plan.name
-            ))),
+            )))
+            }
             Some(actual)
                 if plan.name != settings.topics.ingress
                     && plan.name != settings.topics.dead_letter

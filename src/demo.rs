@@ -115,9 +115,10 @@ pub fn run() -> anyhow::Result<i64> {
     reader.subscribe(&[&target])?;
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka::producer_config(&settings).create()?;
-    // Let the service join its group before the clock starts.
-    std::thread::sleep(Duration::from_secs(3));
-    for (label, delay) in RECORDS {
+    // Warm-up: a new idempotent producer's first acknowledgement and the
+    // first delivery to a topic the service has not seen cost a round trip
+    // or two; pay them before the clock starts.
+    let publish = |label: &str, delay: i64| -> anyhow::Result<()> {
         let delay_text = delay.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -134,8 +135,25 @@ pub fn run() -> anyhow::Result<i64> {
             .headers(headers)
             .timestamp(now_ms());
         producer.send(record).map_err(|(e, _)| e)?;
-    }
+        Ok(())
+    };
+    let started = Instant::now();
+    publish("warm-up", 0)?;
     producer.flush(Duration::from_secs(10))?;
+    while !matches!(reader.poll(Duration::from_millis(100)), Some(Ok(_))) {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "warm-up record never arrived"
+        );
+    }
+    println!(
+        "warm-up record delivered after {} ms (group joins, producer start-up, target metadata)",
+        started.elapsed().as_millis()
+    );
+    // No flush here: the reader must be polling when the first record lands.
+    for (label, delay) in RECORDS {
+        publish(label, delay)?;
+    }
     println!(
         "published {} records; waiting for them on {target}:",
         RECORDS.len()

@@ -73,6 +73,8 @@ pub struct RebalanceContext {
     producer: ThreadedProducer<DeliveryContext>,
     flush_timeout: Duration,
     events: Mutex<Vec<RebalanceEvent>>,
+    /// Set when `events` is non-empty: checked after every polled record.
+    events_pending: AtomicBool,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -125,6 +127,7 @@ impl ConsumerContext for RebalanceContext {
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
         }
+        self.events_pending.store(true, Ordering::Relaxed);
         self.shared.metrics.rebalance();
     }
 
@@ -202,6 +205,7 @@ impl Engine {
             producer: forwarder.producer_handle(),
             flush_timeout: Duration::from_secs(5),
             events: Mutex::new(Vec::new()),
+            events_pending: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<RebalanceContext> =
             kafka::consumer_config(settings).create_with_context(context)?;
@@ -284,13 +288,10 @@ impl Engine {
     }
 
     fn events_pending(&self) -> bool {
-        let events = self
-            .consumer
+        self.consumer
             .context()
-            .events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        !events.is_empty()
+            .events_pending
+            .load(Ordering::Relaxed)
     }
 
     /// Graceful stop: flush produces, store and commit, leave the group.
@@ -362,7 +363,7 @@ impl Core {
     /// Routes one released record: dead letter, target, timer or tier.
     fn process<M: Message + Detach>(&mut self, msg: &M, from: Source, id: u32, now: i64) {
         let offset = msg.offset();
-        if !self.shared.book().take(id, offset) {
+        if !self.shared.book_unacked().take(id, offset) {
             return;
         }
         let inflight = Inflight {
@@ -571,6 +572,9 @@ impl Core {
     }
 
     fn handle_rebalances(&mut self, c: &Client, health: &Health) {
+        if !c.context().events_pending.swap(false, Ordering::Relaxed) {
+            return;
+        }
         let events = std::mem::take(
             &mut *c
                 .context()

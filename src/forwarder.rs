@@ -7,7 +7,7 @@
 //! marked done before the broker acknowledged it, so a crash loses nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -21,11 +21,18 @@ use crate::offsets::Book;
 
 /// State shared by the consumer loop, the delivery callback and the
 /// rebalance callback.
+///
+/// Only the consumer-loop thread (which also runs the rebalance callbacks)
+/// locks the book, so it is never contended; the producer's thread appends
+/// acknowledgements to a list the loop swaps out in one go
+/// ([`Shared::book`]).
 pub struct Shared {
     /// Offsets of every assigned source partition.
-    pub book: Mutex<Book>,
+    book: Mutex<Book>,
+    /// Acknowledged (assignment id, source offset) pairs not yet applied.
+    acks: Mutex<Vec<(u32, i64)>>,
     /// Records whose produce failed, for the consumer loop.
-    pub failures: Mutex<Vec<Failure>>,
+    failures: Mutex<Vec<Failure>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -34,17 +41,29 @@ impl Shared {
     pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             book: Mutex::new(Book::default()),
+            acks: Mutex::new(Vec::with_capacity(4096)),
             failures: Mutex::new(Vec::new()),
             metrics,
         })
     }
 
-    /// Locks the book (a panic elsewhere never loses the offsets).
-    pub fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+    /// Locks the book as it is (enough to take new offsets).
+    pub fn book_unacked(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, Vec<Failure>> {
+    /// Locks the book with every acknowledgement received so far applied
+    /// (a panic elsewhere never loses the offsets).
+    pub fn book(&self) -> MutexGuard<'_, Book> {
+        let mut book = self.book_unacked();
+        let acks = std::mem::take(&mut *self.acks.lock().unwrap_or_else(PoisonError::into_inner));
+        for (id, offset) in acks {
+            book.done(id, offset);
+        }
+        book
+    }
+
+    fn failures(&self) -> MutexGuard<'_, Vec<Failure>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -112,7 +131,16 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, inflight: Box<Inflight>) {
         match result {
-            Ok(_) => self.shared.book().done(inflight.source, inflight.offset),
+            Ok(_) => {
+                if inflight.kind == Kind::Target {
+                    self.shared.metrics.delivered();
+                }
+                self.shared
+                    .acks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((inflight.source, inflight.offset));
+            }
             Err((error, message)) => {
                 let code = error
                     .rdkafka_error_code()
@@ -140,6 +168,8 @@ pub struct Forwarder {
     dead_letter: String,
     tier_topics: Vec<String>,
     targets: HashMap<String, (bool, Instant)>,
+    /// The last target found to exist: most records go to few topics.
+    last_target: String,
 }
 
 /// Writes `value` as ASCII decimal into a header.
@@ -191,6 +221,7 @@ impl Forwarder {
             dead_letter,
             tier_topics,
             targets: HashMap::new(),
+            last_target: String::new(),
         })
     }
 
@@ -306,7 +337,13 @@ impl Forwarder {
     /// Whether `topic` exists, from a cached metadata lookup (positive
     /// answers are kept until a delivery fails, negative ones for 10 s).
     pub fn target_exists(&mut self, topic: &str) -> bool {
+        if topic == self.last_target {
+            return true;
+        }
         if let Some(&(exists, checked)) = self.targets.get(topic) {
+            if exists {
+                topic.clone_into(&mut self.last_target);
+            }
             if exists || checked.elapsed() < MISSING_TARGET_TTL {
                 return exists;
             }
@@ -333,6 +370,7 @@ impl Forwarder {
     /// Forgets what is known of `topic` (after a failed delivery).
     pub fn forget_target(&mut self, topic: &str) {
         self.targets.remove(topic);
+        self.last_target.clear();
     }
 
     /// Another handle on the same producer (for the rebalance callback).

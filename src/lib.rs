@@ -22,6 +22,7 @@
 //!   for the demo, benchmark and tests), [`kafka`] (client settings);
 //! * `main.rs` — the CLI.
 
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod consumer;

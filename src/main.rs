@@ -68,6 +68,9 @@ enum Command {
     /// Start a local broker and the service, publish records into every
     /// tier and print their arrivals with lateness.
     Demo,
+    /// Measure throughput, lateness, writes per record and memory beside a
+    /// raw rdkafka copy on the same (local, by default) broker.
+    Bench(kafka_delay::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -181,6 +184,16 @@ fn main() -> ExitCode {
                     println!("{n} records published to {}", settings.topics.ingress);
                     ExitCode::SUCCESS
                 }
+                Err(error) => fail(error),
+            }
+        }
+        Command::Bench(args) => {
+            telemetry::init(&kafka_delay::config::LogSettings {
+                filter: "warn".into(),
+                ..Default::default()
+            });
+            match kafka_delay::bench::run(&args) {
+                Ok(_) => ExitCode::SUCCESS,
                 Err(error) => fail(error),
             }
         }

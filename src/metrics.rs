@@ -38,6 +38,7 @@ pub struct Metrics {
     registry: Registry,
     ingested: [IntCounter; 4],
     forwarded: Vec<IntCounter>,
+    delivered: IntCounter,
     tier_writes: Vec<IntCounter>,
     dead_lettered: Vec<IntCounter>,
     late_appends: Vec<IntCounter>,
@@ -91,6 +92,14 @@ impl Metrics {
             "Records delivered to their target, by the topic they were last read from.",
             "from",
         );
+        let delivered = IntCounter::new(
+            "kafka_delay_records_delivered_total",
+            "Target deliveries acknowledged by the broker.",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(delivered.clone()))
+            .expect("unique metric");
         let tier_writes = counter_vec(
             &registry,
             "kafka_delay_tier_writes_total",
@@ -182,6 +191,7 @@ impl Metrics {
             ingested: ["tier", "timer", "delivered", "dead_lettered"]
                 .map(|o| ingested.with_label_values(&[o])),
             forwarded: each(&forwarded, &sources),
+            delivered,
             tier_writes: each(&tier_writes, &tier_labels),
             dead_lettered: each(&dead, &EnvelopeError::REASONS),
             late_appends: each(&late, &tier_labels),
@@ -214,6 +224,16 @@ impl Metrics {
     pub fn forwarded(&self, from: Source, lateness_ms: i64) {
         self.forwarded[Self::source_index(from)].inc();
         self.lateness.observe(lateness_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// The broker acknowledged a target delivery.
+    pub fn delivered(&self) {
+        self.delivered.inc();
+    }
+
+    /// Target deliveries acknowledged so far.
+    pub fn delivered_total(&self) -> u64 {
+        self.delivered.get()
     }
 
     /// A record was written into tier `tier`.

@@ -32,8 +32,14 @@ impl PartitionOffsets {
 
     /// Marks `offset` as delivered. Unknown offsets are ignored.
     pub fn done(&mut self, offset: i64) {
-        if let Ok(i) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
-            self.pending[i].1 = true;
+        // Acknowledgements mostly arrive in offset order: the head first.
+        match self.pending.front_mut() {
+            Some(front) if front.0 == offset => front.1 = true,
+            _ => {
+                if let Ok(i) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+                    self.pending[i].1 = true;
+                }
+            }
         }
         while self.pending.front().is_some_and(|&(_, done)| done) {
             self.pending.pop_front();

@@ -1,0 +1,151 @@
+//! Load generation and verification for the benchmark: publish numbered
+//! records, read a topic back and count lost, duplicate and early records.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message;
+
+use crate::config::Settings;
+use crate::consumer::now_ms;
+use crate::{envelope, kafka};
+
+/// Payload of record `index`: its zero-padded number, padded to `size` bytes.
+pub fn payload(index: usize, size: usize) -> Vec<u8> {
+    let mut p = format!("{index:010}").into_bytes();
+    p.resize(size.max(10), b'.');
+    p
+}
+
+fn index_of(payload: &[u8]) -> Option<usize> {
+    std::str::from_utf8(payload.get(..10)?).ok()?.parse().ok()
+}
+
+/// Publishes `n` records to `topic`; `delay_ms(i)` gives each record's
+/// `x-delay` (None: a plain record with no routing headers).
+pub fn publish(
+    settings: &Settings,
+    topic: &str,
+    n: usize,
+    size: usize,
+    keys: usize,
+    target: Option<&str>,
+    mut delay_ms: impl FnMut(usize) -> Option<i64>,
+) -> Result<(), KafkaError> {
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka::producer_config(settings)
+        .set("linger.ms", "20")
+        .create()?;
+    for i in 0..n {
+        let value = payload(i, size);
+        let key = format!("key-{}", i % keys.max(1));
+        let mut headers = OwnedHeaders::new_with_capacity(2);
+        if let Some(delay) = delay_ms(i) {
+            let delay = delay.to_string();
+            headers = headers.insert(Header {
+                key: envelope::DELAY,
+                value: Some(&delay),
+            });
+        }
+        if let Some(target) = target {
+            headers = headers.insert(Header {
+                key: envelope::TARGET_TOPIC,
+                value: Some(target),
+            });
+        }
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .key(&key)
+            .payload(&value)
+            .headers(headers)
+            .timestamp(now_ms());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))
+}
+
+/// What reading a target topic back found.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Verification {
+    pub expected: usize,
+    pub received: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+    /// Seen (reader's clock) before `x-delay-scheduled-at`.
+    pub early: usize,
+    /// Reader's arrival time minus due time, ms, sorted.
+    #[serde(skip)]
+    pub lateness_ms: Vec<i64>,
+}
+
+/// Reads `topic` from the beginning until `expected` records arrived or
+/// nothing arrived for `idle`; `settings` gives the broker and properties.
+pub fn verify(
+    settings: &Settings,
+    topic: &str,
+    expected: usize,
+    idle: Duration,
+) -> Result<Verification, KafkaError> {
+    let mut s = settings.clone();
+    s.kafka.group_id = format!("bench-reader-{topic}-{}", now_ms());
+    let consumer: BaseConsumer = kafka::consumer_config(&s).create()?;
+    consumer.subscribe(&[topic])?;
+    let mut seen = vec![0_u32; expected];
+    let mut v = Verification {
+        expected,
+        ..Default::default()
+    };
+    let mut last = Instant::now();
+    while v.received < expected && last.elapsed() < idle {
+        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let now = now_ms();
+        last = Instant::now();
+        v.received += 1;
+        if let Some(i) = msg.payload().and_then(index_of).filter(|&i| i < expected) {
+            seen[i] += 1;
+        }
+        let scheduled = msg
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == envelope::SCHEDULED_AT))
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok());
+        if let Some(scheduled) = scheduled {
+            v.early += usize::from(now < scheduled);
+            v.lateness_ms.push(now - scheduled);
+        }
+    }
+    // A short linger catches duplicates that trail the last expected record.
+    let linger = Instant::now();
+    while linger.elapsed() < Duration::from_millis(500) {
+        if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
+            v.received += 1;
+            if let Some(i) = msg.payload().and_then(index_of).filter(|&i| i < expected) {
+                seen[i] += 1;
+            }
+        }
+    }
+    v.lost = seen.iter().filter(|&&c| c == 0).count();
+    v.duplicates = seen.iter().map(|&c| c.saturating_sub(1) as usize).sum();
+    v.lateness_ms.sort_unstable();
+    Ok(v)
+}
+
+/// Percentile `p` (0–1) of sorted values.
+pub fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}

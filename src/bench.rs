@@ -7,6 +7,7 @@
 //! writes per record); optionally (4) `--park` records in the far tiers and
 //! resident memory before and after. Benchmarks measure; they assert nothing.
 
+mod child;
 mod load;
 mod raw;
 
@@ -41,9 +42,17 @@ pub struct BenchArgs {
     /// Partitions of the ingress, target and raw topics.
     #[arg(long, default_value_t = 6)]
     pub partitions: i32,
+    /// Rounds of the throughput comparison (raw copy, then the service, in
+    /// each round); the best round of each side is reported.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Records in the lateness phase (delays uniform over 0..delay-max).
     #[arg(long, default_value_t = 20_000)]
     pub delayed: usize,
+    /// Publishing rate of the lateness phase, records/s (a burst would
+    /// measure the publisher's queue, not the service).
+    #[arg(long, default_value_t = 2_000.0)]
+    pub rate: f64,
     /// Longest delay of the lateness phase.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     pub delay_max: Duration,
@@ -63,6 +72,7 @@ pub struct BenchArgs {
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
     pub records: usize,
+    pub rounds: usize,
     pub payload_bytes: usize,
     pub partitions: i32,
     pub raw_records_per_sec: f64,
@@ -181,69 +191,26 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Results> {
         &names.each_ref().map(String::as_str),
     )?;
     let n = args.records;
+    let rounds = args.rounds.max(1);
     let mut r = Results {
         records: n,
+        rounds,
         payload_bytes: args.payload,
         partitions: args.partitions,
         delayed_records: args.delayed,
         ..Default::default()
     };
-
-    eprintln!("publishing {n} records for the raw copy and {n} for the service…");
-    load::publish(
-        &settings,
-        raw_src,
-        n,
-        args.payload,
-        args.keys,
-        Some(target),
-        |_| Some(0),
-    )?;
-    load::publish(
-        &settings,
-        &settings.topics.ingress,
-        n,
-        args.payload,
-        args.keys,
-        Some(target),
-        |_| Some(0),
-    )?;
-
-    eprintln!("raw rdkafka copy…");
-    let cpu = cpu_seconds();
-    r.raw_records_per_sec = raw::copy(&settings, raw_src, raw_dst, n as u64)?;
-    r.raw_cpu_seconds = cpu_seconds() - cpu;
-
-    eprintln!("service, all records due now…");
-    let cpu = cpu_seconds();
-    let service = start_service(&settings)?;
-    let mut first: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while (service.metrics.delivered_total() as usize) < n && Instant::now() < deadline {
-        if first.is_none() && service.metrics.delivered_total() > 0 {
-            first = Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    for round in 0..rounds {
+        throughput_round(&settings, args, round, [target, raw_src, raw_dst], &mut r)?;
     }
-    let elapsed = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    r.service_records_per_sec = if elapsed > 0.0 {
-        service.metrics.delivered_total() as f64 / elapsed
-    } else {
-        0.0
-    };
-    r.service_cpu_seconds = cpu_seconds() - cpu;
-    r.ratio_to_raw = if r.raw_records_per_sec > 0.0 {
-        r.service_records_per_sec / r.raw_records_per_sec
-    } else {
-        0.0
-    };
-    r.throughput_check = load::verify(&settings, target, n, Duration::from_secs(10))?;
+    r.ratio_to_raw = ratio(r.service_records_per_sec, r.raw_records_per_sec);
+    r.throughput_check = load::verify(&settings, target, n * rounds, Duration::from_secs(10))?;
 
     eprintln!(
         "service, {} records with delays over 0..{:?}…",
         args.delayed, args.delay_max
     );
-    let writes_before = service.metrics.tier_writes_total();
+    let service = start_service(&settings)?;
     let reader = {
         let (s, t, m) = (settings.clone(), delayed_target.clone(), args.delayed);
         let idle = args.delay_max + Duration::from_secs(15);
@@ -252,12 +219,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Results> {
     std::thread::sleep(Duration::from_secs(3));
     let max = args.delay_max.as_millis() as i64;
     let mut rng = fastrand::Rng::with_seed(42);
+    let ingress = &settings.topics.ingress;
+    let delayed = 0..args.delayed;
     load::publish(
         &settings,
-        &settings.topics.ingress,
-        args.delayed,
-        args.payload,
-        args.keys,
+        ingress,
+        delayed,
+        load::Shape {
+            size: args.payload,
+            keys: args.keys,
+            rate: Some(args.rate),
+        },
         Some(delayed_target),
         |_| Some(rng.i64(0..=max)),
     )?;
@@ -267,8 +239,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Results> {
     r.lateness_p90_ms = load::percentile(lat, 0.90);
     r.lateness_p99_ms = load::percentile(lat, 0.99);
     r.lateness_max_ms = load::percentile(lat, 1.0);
-    r.writes_per_record =
-        (service.metrics.tier_writes_total() - writes_before) as f64 / args.delayed.max(1) as f64;
+    r.writes_per_record = service.metrics.tier_writes_total() as f64 / args.delayed.max(1) as f64;
     r.late_appends = service.metrics.late_appends_total();
     r.delayed_check = check;
     service.stop();
@@ -284,46 +255,129 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Results> {
     Ok(r)
 }
 
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// One round: publish N records for each side, raw copy, then the service
+/// (started fresh, measured from its first acknowledgement to its N-th).
+/// Keeps the best rate of each side in `r`.
+fn throughput_round(
+    settings: &Settings,
+    args: &BenchArgs,
+    round: usize,
+    [target, raw_src, raw_dst]: [&String; 3],
+    r: &mut Results,
+) -> anyhow::Result<()> {
+    let n = args.records;
+    let range = round * n..(round + 1) * n;
+    eprintln!("round {}: publishing {n} records for each side…", round + 1);
+    let shape = load::Shape {
+        size: args.payload,
+        keys: args.keys,
+        rate: None,
+    };
+    load::publish(
+        settings,
+        raw_src,
+        range.clone(),
+        shape,
+        Some(target),
+        |_| Some(0),
+    )?;
+    load::publish(
+        settings,
+        &settings.topics.ingress,
+        range,
+        shape,
+        Some(target),
+        |_| Some(0),
+    )?;
+
+    let cpu = cpu_seconds();
+    let raw_rate = raw::copy(settings, raw_src, raw_dst, n as u64)?;
+    let raw_cpu = cpu_seconds() - cpu;
+    eprintln!("  raw rdkafka copy {raw_rate:>9.0} records/s");
+    if raw_rate > r.raw_records_per_sec {
+        (r.raw_records_per_sec, r.raw_cpu_seconds) = (raw_rate, raw_cpu);
+    }
+
+    let cpu = cpu_seconds();
+    let service = start_service(settings)?;
+    let mut first: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (service.metrics.delivered_total() as usize) < n && Instant::now() < deadline {
+        if first.is_none() && service.metrics.delivered_total() > 0 {
+            first = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let rate = ratio(service.metrics.delivered_total() as f64, elapsed);
+    service.stop();
+    let service_cpu = cpu_seconds() - cpu;
+    eprintln!("  kafka-delay      {rate:>9.0} records/s");
+    if rate > r.service_records_per_sec {
+        (r.service_records_per_sec, r.service_cpu_seconds) = (rate, service_cpu);
+    }
+    Ok(())
+}
+
 /// Parks `args.park` records in the 1 h and 1 d tiers of the default tick
-/// table and compares resident memory before and after.
+/// table and compares the service's resident memory before and after. The
+/// service runs as a child process so that only its memory is measured.
 fn park(bootstrap: &str, args: &BenchArgs, r: &mut Results) -> anyhow::Result<()> {
     let prefix = format!("park{}.", std::process::id());
     let mut settings = local_settings(bootstrap, &prefix, &["1s", "1m", "1h", "1d"]);
     settings.wheel.top_slots = Settings::default().wheel.top_slots;
     let target = format!("{prefix}target");
     prepare(&settings, args.partitions, &[&target])?;
-    let service = start_service(&settings)?;
-    std::thread::sleep(Duration::from_secs(2));
-    r.park_rss_before_mib = rss_mib().0;
-    eprintln!("parking {} records in the far tiers…", args.park);
-    let mut rng = fastrand::Rng::with_seed(9);
-    let (hour, month) = (3_600_000_i64, 30 * 86_400_000_i64);
-    load::publish(
-        &settings,
-        &settings.topics.ingress,
-        args.park,
-        args.payload,
-        args.keys,
-        Some(&target),
-        |_| Some(rng.i64(2 * hour..month)),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    while (service.metrics.tier_writes_total() as usize) < args.park && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    r.park_rss_after_mib = rss_mib().0;
-    r.parked_records = service.metrics.tier_writes_total() as usize;
-    service.stop();
-    Ok(())
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = child::spawn(&settings, port)?;
+    let result = (|| {
+        child::wait_for(port, |m| m.contains("kafka_delay_rebalances_total"))?;
+        std::thread::sleep(Duration::from_secs(2));
+        r.park_rss_before_mib = child::rss_mib(child.id());
+        eprintln!("parking {} records in the far tiers…", args.park);
+        let mut rng = fastrand::Rng::with_seed(9);
+        let (hour, month) = (3_600_000_i64, 30 * 86_400_000_i64);
+        let shape = load::Shape {
+            size: args.payload,
+            keys: args.keys,
+            rate: None,
+        };
+        let ingress = &settings.topics.ingress;
+        load::publish(
+            &settings,
+            ingress,
+            0..args.park,
+            shape,
+            Some(&target),
+            |_| Some(rng.i64(2 * hour..month)),
+        )?;
+        let parked = child::wait_for(port, |m| child::tier_writes(m) >= args.park as u64)?;
+        r.parked_records = child::tier_writes(&parked) as usize;
+        std::thread::sleep(Duration::from_secs(3));
+        r.park_rss_after_mib = child::rss_mib(child.id());
+        anyhow::Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 fn print(r: &Results) {
     let t = &r.throughput_check;
     let d = &r.delayed_check;
     println!(
-        "kafka-delay bench — {} records × {} B, {} partitions",
-        r.records, r.payload_bytes, r.partitions
+        "kafka-delay bench — {} records × {} B, {} partitions, best of {} rounds",
+        r.records, r.payload_bytes, r.partitions, r.rounds
     );
     println!(
         "  raw rdkafka copy      {:>10.0} records/s  ({:.1} CPU s)",
@@ -334,6 +388,11 @@ fn print(r: &Results) {
         r.service_records_per_sec,
         r.service_cpu_seconds,
         r.ratio_to_raw * 100.0
+    );
+    println!(
+        "    CPU per record: raw {:.1} µs, kafka-delay {:.1} µs (whole process incl. librdkafka threads)",
+        r.raw_cpu_seconds * 1e6 / r.records as f64,
+        r.service_cpu_seconds * 1e6 / r.records as f64
     );
     println!(
         "    delivered {}/{}: lost {}, duplicates {}",

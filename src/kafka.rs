@@ -30,12 +30,11 @@ const CONSUMER_FORCED: [(&str, &str); 2] = [
 /// partitioned like the Java client (murmur2), a
 /// short linger to batch, and no topic auto-creation (a missing target is
 /// dead-lettered, not created).
-const PRODUCER_DEFAULTS: [(&str, &str); 6] = [
+const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
     ("enable.idempotence", "true"),
     ("acks", "all"),
     ("linger.ms", "5"),
     ("allow.auto.create.topics", "false"),
-    ("queue.buffering.max.messages", "500000"),
     ("partitioner", "murmur2_random"),
 ];
 

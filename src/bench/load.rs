@@ -25,21 +25,47 @@ fn index_of(payload: &[u8]) -> Option<usize> {
     std::str::from_utf8(payload.get(..10)?).ok()?.parse().ok()
 }
 
-/// Publishes `n` records to `topic`; `delay_ms(i)` gives each record's
-/// `x-delay` (None: a plain record with no routing headers).
+/// Shape of a published load.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Payload bytes.
+    pub size: usize,
+    /// Distinct keys.
+    pub keys: usize,
+    /// Records per second; None: as fast as possible.
+    pub rate: Option<f64>,
+}
+
+/// Publishes records numbered `range` to `topic`; `delay_ms(i)` gives each
+/// record's `x-delay` (None: a plain record with no routing headers).
 pub fn publish(
     settings: &Settings,
     topic: &str,
-    n: usize,
-    size: usize,
-    keys: usize,
+    range: std::ops::Range<usize>,
+    shape: Shape,
     target: Option<&str>,
     mut delay_ms: impl FnMut(usize) -> Option<i64>,
 ) -> Result<(), KafkaError> {
+    let Shape { size, keys, rate } = shape;
+
+    let linger = if rate.is_some() { "1" } else { "20" };
     let producer: ThreadedProducer<DefaultProducerContext> = kafka::producer_config(settings)
-        .set("linger.ms", "20")
+        .set("linger.ms", linger)
         .create()?;
-    for i in 0..n {
+    if rate.is_some() {
+        // A new idempotent producer acquires its producer id first (~1 s on
+        // Tansu); records stamped meanwhile would look late.
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (start, first) = (Instant::now(), range.start);
+    for i in range {
+        if let Some(rate) = rate.filter(|_| i % 16 == 0) {
+            let due = start + Duration::from_secs_f64((i - first) as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         let value = payload(i, size);
         let key = format!("key-{}", i % keys.max(1));
         let mut headers = OwnedHeaders::new_with_capacity(2);

@@ -157,12 +157,16 @@ pub struct ServiceSettings {
     /// Deadline for a graceful stop (flush, commit, leave the group); keep it
     /// below the pod's termination grace period.
     pub shutdown_timeout: Serde<Duration>,
+    /// How often acknowledged offsets are committed. A crash redelivers at
+    /// most this much (plus what was in flight).
+    pub commit_interval: Serde<Duration>,
 }
 
 impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
             shutdown_timeout: Duration::from_secs(20).into(),
+            commit_interval: Duration::from_secs(1).into(),
         }
     }
 }
@@ -335,6 +339,13 @@ impl Settings {
                     "use replication_factor − 1 (e.g. 2 of 3)",
                 ));
             }
+        }
+        if self.service.commit_interval.is_zero() {
+            return Err(invalid(
+                "service.commit_interval",
+                "is 0",
+                "commit every few hundred milliseconds or more, e.g. \"1s\"",
+            ));
         }
         if self.wheel.grace.is_zero() {
             return Err(invalid(

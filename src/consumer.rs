@@ -75,6 +75,10 @@ pub struct RebalanceContext {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Set when `events` is non-empty: checked after every polled record.
     events_pending: AtomicBool,
+    /// When the asynchronous commit in flight was requested.
+    commit_started: Mutex<Option<Instant>>,
+    /// The last asynchronous commit failed: commit again even if nothing moved.
+    commit_failed: AtomicBool,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -132,7 +136,18 @@ impl ConsumerContext for RebalanceContext {
     }
 
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        let started = self
+            .commit_started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(started) = started {
+            self.shared
+                .metrics
+                .commit_latency(started.elapsed().as_secs_f64());
+        }
         if let Err(error) = result {
+            self.commit_failed.store(true, Ordering::Relaxed);
             self.shared.metrics.commit_error();
             tracing::debug!(%error, "offset commit failed");
         }
@@ -164,6 +179,7 @@ pub struct Engine {
     core: Core,
     health: Arc<Health>,
     shutdown_timeout: Duration,
+    commit_interval: Duration,
 }
 
 type Client = BaseConsumer<RebalanceContext>;
@@ -206,6 +222,8 @@ impl Engine {
             flush_timeout: Duration::from_secs(5),
             events: Mutex::new(Vec::new()),
             events_pending: AtomicBool::new(false),
+            commit_started: Mutex::new(None),
+            commit_failed: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<RebalanceContext> =
             kafka::consumer_config(settings).create_with_context(context)?;
@@ -229,6 +247,7 @@ impl Engine {
             core,
             health,
             shutdown_timeout: *settings.service.shutdown_timeout,
+            commit_interval: *settings.service.commit_interval,
         })
     }
 
@@ -236,6 +255,7 @@ impl Engine {
     pub fn run(mut self, stop: &AtomicBool) -> Result<(), EngineError> {
         let mut last_housekeeping = Instant::now();
         let mut last_gauges = Instant::now();
+        let mut last_commit = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let now = now_ms();
             let (c, core) = (&self.consumer, &mut self.core);
@@ -244,8 +264,11 @@ impl Engine {
             core.handle_failures(now);
             if last_housekeeping.elapsed() >= HOUSEKEEPING {
                 last_housekeeping = Instant::now();
-                core.store_offsets(c);
                 core.sleep_idle_partitions(c, now);
+            }
+            if last_commit.elapsed() >= self.commit_interval {
+                last_commit = Instant::now();
+                core.commit_offsets(c, CommitMode::Async);
             }
             if last_gauges.elapsed() >= GAUGES {
                 last_gauges = Instant::now();
@@ -303,10 +326,17 @@ impl Engine {
         }
         self.core.handle_failures(now_ms());
         let _ = self.core.forwarder.flush(Duration::from_secs(1));
-        self.core.store_offsets(&self.consumer);
-        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(%error, "final commit");
-        }
+        self.consumer
+            .context()
+            .commit_failed
+            .store(true, Ordering::Relaxed);
+        *self
+            .consumer
+            .context()
+            .commit_started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        self.core.commit_offsets(&self.consumer, CommitMode::Sync);
         // Dropping the consumer closes it: the revoke callback runs, the
         // group is left.
     }
@@ -556,19 +586,54 @@ impl Core {
         }
     }
 
-    /// Stores the acknowledged prefix of every partition; librdkafka's
-    /// auto-commit commits what was stored.
-    fn store_offsets(&mut self, c: &Client) {
-        let moved = self.shared.book().unstored();
-        if moved.is_empty() {
+    /// Commits the acknowledged prefix of every partition, when any moved
+    /// or the last commit failed. One asynchronous commit at a time; its
+    /// latency is observed in the commit callback.
+    fn commit_offsets(&mut self, c: &Client, mode: CommitMode) {
+        let context = c.context();
+        let mut started = context
+            .commit_started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if started.is_some() {
+            return;
+        }
+        let mut book = self.shared.book();
+        let moved = !book.unstored().is_empty();
+        if !moved && !context.commit_failed.swap(false, Ordering::Relaxed) {
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for (topic, partition, offset) in &moved {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        for (topic, partition, offset) in book.positions() {
+            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
         }
-        if let Err(error) = c.store_offsets(&tpl) {
-            tracing::debug!(%error, "store_offsets failed (partition revoked?)");
+        drop(book);
+        if tpl.count() == 0 {
+            return;
+        }
+        // Stored too, so that librdkafka's own commit on close agrees.
+        let _ = c.store_offsets(&tpl);
+        if matches!(mode, CommitMode::Async) {
+            *started = Some(Instant::now());
+        }
+        drop(started);
+        let begun = Instant::now();
+        match c.commit(&tpl, mode) {
+            Ok(()) if matches!(mode, CommitMode::Sync) => {
+                self.shared
+                    .metrics
+                    .commit_latency(begun.elapsed().as_secs_f64());
+            }
+            Ok(()) => {}
+            Err(error) => {
+                *context
+                    .commit_started
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+                context.commit_failed.store(true, Ordering::Relaxed);
+                self.shared.metrics.commit_error();
+                tracing::warn!(%error, "offset commit failed");
+            }
         }
     }
 

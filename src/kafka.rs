@@ -9,20 +9,19 @@ use crate::config::Settings;
 /// short fetch waits (brokers that do not wake a waiting fetch would
 /// otherwise add up to `fetch.wait.max.ms` to every hop) and a short
 /// fetch-queue back-off.
-const CONSUMER_DEFAULTS: [(&str, &str); 6] = [
+const CONSUMER_DEFAULTS: [(&str, &str); 5] = [
     ("auto.offset.reset", "earliest"),
     ("partition.assignment.strategy", "cooperative-sticky"),
     ("fetch.wait.max.ms", "20"),
     ("fetch.queue.backoff.ms", "10"),
-    ("auto.commit.interval.ms", "1000"),
     ("session.timeout.ms", "10000"),
 ];
 
-/// Set last: offsets are stored only after the broker acknowledged every
-/// record at or below them (at-least-once), and librdkafka commits what was
-/// stored.
+/// Set last: the consumer loop commits, every `service.commit_interval`,
+/// only offsets below which the broker acknowledged every record
+/// (at-least-once).
 const CONSUMER_FORCED: [(&str, &str); 2] = [
-    ("enable.auto.commit", "true"),
+    ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
 ];
 

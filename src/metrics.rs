@@ -50,6 +50,7 @@ pub struct Metrics {
     rebalances: IntCounter,
     produce_errors: IntCounterVec,
     commit_errors: IntCounter,
+    commit_latency: Histogram,
 }
 
 /// Lateness buckets in seconds, 1 ms to 1 h.
@@ -177,6 +178,17 @@ impl Metrics {
         registry
             .register(Box::new(commit_errors.clone()))
             .expect("unique metric");
+        let commit_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "kafka_delay_commit_latency_seconds",
+                "Time from an offset commit request to the broker's answer.",
+            )
+            .buckets(LATENESS_BUCKETS.to_vec()),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(commit_latency.clone()))
+            .expect("unique metric");
         let tier_labels: Vec<&str> = tiers.iter().map(String::as_str).collect();
         let each = |vec: &IntCounterVec, labels: &[&str]| -> Vec<IntCounter> {
             labels.iter().map(|l| vec.with_label_values(&[l])).collect()
@@ -203,6 +215,7 @@ impl Metrics {
             rebalances,
             produce_errors,
             commit_errors,
+            commit_latency,
             registry,
         }
     }
@@ -283,6 +296,11 @@ impl Metrics {
     /// A produce failed with librdkafka error `code`.
     pub fn produce_error(&self, code: &str) {
         self.produce_errors.with_label_values(&[code]).inc();
+    }
+
+    /// An offset commit was answered after `seconds`.
+    pub fn commit_latency(&self, seconds: f64) {
+        self.commit_latency.observe(seconds);
     }
 
     /// An offset commit failed.

@@ -200,7 +200,12 @@ fn metrics_and_probes_are_served_and_move() {
     let (status, body) = loop {
         let got = http_get(&addr, "/metrics");
         if let Some((200, body)) = &got {
-            if body.contains("kafka_delay_records_dead_lettered_total{reason=\"invalid_delay\"} 1")
+            let committed = body.lines().any(|l| {
+                l.starts_with("kafka_delay_commit_latency_seconds_count") && !l.ends_with(" 0")
+            });
+            if committed
+                && body
+                    .contains("kafka_delay_records_dead_lettered_total{reason=\"invalid_delay\"} 1")
             {
                 break got.unwrap();
             }

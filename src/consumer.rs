@@ -75,9 +75,7 @@ pub struct RebalanceContext {
     events: Mutex<Vec<RebalanceEvent>>,
     /// Set when `events` is non-empty: checked after every polled record.
     events_pending: AtomicBool,
-    /// When the asynchronous commit in flight was requested.
-    commit_started: Mutex<Option<Instant>>,
-    /// The last asynchronous commit failed: commit again even if nothing moved.
+    /// The last commit failed: commit again even if nothing moved.
     commit_failed: AtomicBool,
 }
 
@@ -133,24 +131,6 @@ impl ConsumerContext for RebalanceContext {
         }
         self.events_pending.store(true, Ordering::Relaxed);
         self.shared.metrics.rebalance();
-    }
-
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
-        let started = self
-            .commit_started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(started) = started {
-            self.shared
-                .metrics
-                .commit_latency(started.elapsed().as_secs_f64());
-        }
-        if let Err(error) = result {
-            self.commit_failed.store(true, Ordering::Relaxed);
-            self.shared.metrics.commit_error();
-            tracing::debug!(%error, "offset commit failed");
-        }
     }
 }
 
@@ -222,7 +202,6 @@ impl Engine {
             flush_timeout: Duration::from_secs(5),
             events: Mutex::new(Vec::new()),
             events_pending: AtomicBool::new(false),
-            commit_started: Mutex::new(None),
             commit_failed: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<RebalanceContext> =
@@ -268,7 +247,7 @@ impl Engine {
             }
             if last_commit.elapsed() >= self.commit_interval {
                 last_commit = Instant::now();
-                core.commit_offsets(c, CommitMode::Async);
+                core.commit_offsets(c);
             }
             if last_gauges.elapsed() >= GAUGES {
                 last_gauges = Instant::now();
@@ -330,13 +309,7 @@ impl Engine {
             .context()
             .commit_failed
             .store(true, Ordering::Relaxed);
-        *self
-            .consumer
-            .context()
-            .commit_started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-        self.core.commit_offsets(&self.consumer, CommitMode::Sync);
+        self.core.commit_offsets(&self.consumer);
         // Dropping the consumer closes it: the revoke callback runs, the
         // group is left.
     }
@@ -587,17 +560,13 @@ impl Core {
     }
 
     /// Commits the acknowledged prefix of every partition, when any moved
-    /// or the last commit failed. One asynchronous commit at a time; its
-    /// latency is observed in the commit callback.
-    fn commit_offsets(&mut self, c: &Client, mode: CommitMode) {
+    /// or the last commit failed. Synchronous: one round trip every
+    /// `service.commit_interval`, measured as the commit latency. (With
+    /// rust-rdkafka's event API the asynchronous commit's result never
+    /// reached the commit callback on Tansu, so its latency could not be
+    /// observed.)
+    fn commit_offsets(&mut self, c: &Client) {
         let context = c.context();
-        let mut started = context
-            .commit_started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if started.is_some() {
-            return;
-        }
         let mut book = self.shared.book();
         let moved = !book.unstored().is_empty();
         if !moved && !context.commit_failed.swap(false, Ordering::Relaxed) {
@@ -613,23 +582,13 @@ impl Core {
         }
         // Stored too, so that librdkafka's own commit on close agrees.
         let _ = c.store_offsets(&tpl);
-        if matches!(mode, CommitMode::Async) {
-            *started = Some(Instant::now());
-        }
-        drop(started);
         let begun = Instant::now();
-        match c.commit(&tpl, mode) {
-            Ok(()) if matches!(mode, CommitMode::Sync) => {
-                self.shared
-                    .metrics
-                    .commit_latency(begun.elapsed().as_secs_f64());
-            }
-            Ok(()) => {}
+        match c.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => self
+                .shared
+                .metrics
+                .commit_latency(begun.elapsed().as_secs_f64()),
             Err(error) => {
-                *context
-                    .commit_started
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = None;
                 context.commit_failed.store(true, Ordering::Relaxed);
                 self.shared.metrics.commit_error();
                 tracing::warn!(%error, "offset commit failed");

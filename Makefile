@@ -43,6 +43,7 @@ lint:
 bench: deps broker
 	cargo run --release -- bench
 
-## Helm chart: lint, render and validate every scenario offline.
-chart-check:
+## Helm chart: lint, render and validate every scenario offline; the
+## rendered configuration must pass `kafka-delay run --check`.
+chart-check: deps
 	TOOLS=$(TOOLS) ./helm/check.sh

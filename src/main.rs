@@ -109,8 +109,13 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            telemetry::init(&settings.log);
             if check {
+                // Clients are created to validate their properties, not to
+                // connect: keep their connection attempts out of the output.
+                telemetry::init(&kafka_delay::config::LogSettings {
+                    filter: "warn,librdkafka=off,rdkafka=off".into(),
+                    ..settings.log.clone()
+                });
                 return match check_clients(&settings) {
                     Ok(()) => {
                         println!("configuration OK");
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
                     }
                 };
             }
+            telemetry::init(&settings.log);
             match service::run(&settings, Arc::new(AtomicBool::new(false)), true) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(error),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use kafka_delay::config::Settings;
 use kafka_delay::envelope;
+use rdkafka::Message;
 
 use crate::helpers::*;
 
@@ -234,4 +235,60 @@ fn metrics_and_probes_are_served_and_move() {
     assert_eq!(http_get(&addr, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(http_get(&addr, "/readyz").map(|r| r.0), Some(200));
     drop(service);
+}
+
+#[test]
+fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
+    let (settings, targets) = setup("produce", &["target"]);
+    let target = &targets[0];
+    let mut service = spawn_service(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let produce = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(BIN)
+            .arg("produce")
+            .args(["--target", target])
+            .args(args)
+            .env(
+                "KAFKA_DELAY__KAFKA__BOOTSTRAP_SERVERS",
+                &settings.kafka.bootstrap_servers,
+            )
+            .env("KAFKA_DELAY__TOPICS__INGRESS", &settings.topics.ingress)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let started = kafka_delay::consumer::now_ms();
+    assert!(produce(&["--delay", "1500ms", "--key", "k1", "hello"], "").starts_with("1 records"));
+    assert!(produce(&["--delay", "1s"], "a\nb\nc\n").starts_with("3 records"));
+    let arrivals = reader.wait(4, Duration::from_secs(30), Duration::from_millis(300));
+    let mut values: Vec<String> = arrivals.iter().map(|a| a.value()).collect();
+    values.sort();
+    assert_eq!(values, ["a", "b", "c", "hello"]);
+    let hello = arrivals.iter().find(|a| a.value() == "hello").unwrap();
+    assert_eq!(hello.msg.key(), Some(b"k1".as_slice()));
+    assert!(hello.seen_ms >= started + 1_500);
+
+    // SIGTERM: flush, commit, leave the group, exit 0 within the deadline.
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let status = loop {
+        if let Some(status) = service.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 25 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status:?}");
 }

@@ -263,6 +263,48 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Environment overrides (`KAFKA_DELAY__…`) that reproduce these
+    /// settings' connection, topics, wheel and HTTP keys and the consumer
+    /// properties: how a child process or a container is configured without
+    /// a file.
+    pub fn env_overrides(&self) -> Vec<(String, String)> {
+        let ticks: Vec<String> = self
+            .wheel
+            .ticks
+            .iter()
+            .map(|t| format!("{}ms", t.as_millis()))
+            .collect();
+        let mut env = vec![
+            (
+                "KAFKA__BOOTSTRAP_SERVERS",
+                self.kafka.bootstrap_servers.clone(),
+            ),
+            ("KAFKA__GROUP_ID", self.kafka.group_id.clone()),
+            ("TOPICS__INGRESS", self.topics.ingress.clone()),
+            ("TOPICS__DEAD_LETTER", self.topics.dead_letter.clone()),
+            ("TOPICS__TIER_PREFIX", self.topics.tier_prefix.clone()),
+            ("WHEEL__TICKS", ticks.join(",")),
+            ("WHEEL__TOP_SLOTS", self.wheel.top_slots.to_string()),
+            (
+                "WHEEL__REPLICATION_FACTOR",
+                self.wheel.replication_factor.to_string(),
+            ),
+            ("HTTP__ENABLED", self.http.enabled.to_string()),
+            ("HTTP__BIND", self.http.bind.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("KAFKA_DELAY__{k}"), v))
+        .collect::<Vec<_>>();
+        for (k, v) in &self.kafka.consumer_properties {
+            let key = k.replace('.', "_").to_uppercase();
+            env.push((
+                format!("KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__{key}"),
+                v.clone(),
+            ));
+        }
+        env
+    }
+
     /// Environment overrides cannot spell `.` in a key: read `_` as `.`.
     fn normalize_properties(&mut self) {
         for map in [

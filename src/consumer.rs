@@ -31,7 +31,13 @@ use crate::kafka;
 use crate::metrics::{Metrics, Outcome, Source};
 use crate::partition::{bucket_of, cached_watermarks, Detach, PartitionState};
 use crate::timer::Timer;
+
+mod rebalance;
+mod upkeep;
+
 use crate::wheel::{key_lane, Route, TierTable};
+pub use rebalance::RebalanceContext;
+use upkeep::release_free_memory;
 
 /// Why the service could not start or stopped.
 #[derive(Debug, Error)]
@@ -58,80 +64,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-enum RebalanceEvent {
-    Assigned(Vec<(String, i32, u32)>),
-    Revoked(Vec<(String, i32)>),
-}
-
-/// Consumer context: on revoke, waits (bounded) for in-flight produces,
-/// then stores and commits the acknowledged prefix of each revoked
-/// partition before librdkafka gives it up.
-pub struct RebalanceContext {
-    shared: Arc<Shared>,
-    producer: ThreadedProducer<DeliveryContext>,
-    flush_timeout: Duration,
-    events: Mutex<Vec<RebalanceEvent>>,
-    /// Set when `events` is non-empty: checked after every polled record.
-    events_pending: AtomicBool,
-    /// The last commit failed: commit again even if nothing moved.
-    commit_failed: AtomicBool,
-}
-
-impl ClientContext for RebalanceContext {}
-
-impl ConsumerContext for RebalanceContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let mut book = self.shared.book();
-                let list = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.topic().to_owned(),
-                            e.partition(),
-                            book.register(e.topic(), e.partition()),
-                        )
-                    })
-                    .collect();
-                events.push(RebalanceEvent::Assigned(list));
-            }
-            Rebalance::Revoke(tpl) => {
-                if let Err(error) = self.producer.flush(self.flush_timeout) {
-                    tracing::warn!(%error, "in-flight records not acknowledged before revoke; they will be redelivered");
-                }
-                let mut commit = TopicPartitionList::new();
-                let mut list = Vec::new();
-                let mut book = self.shared.book();
-                for e in tpl.elements() {
-                    if let Some(position) = book.remove(e.topic(), e.partition()) {
-                        let _ = commit.add_partition_offset(
-                            e.topic(),
-                            e.partition(),
-                            Offset::Offset(position),
-                        );
-                    }
-                    list.push((e.topic().to_owned(), e.partition()));
-                }
-                drop(book);
-                if commit.count() > 0 && !consumer.assignment_lost() {
-                    let _ = consumer.store_offsets(&commit);
-                    if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
-                        self.shared.metrics.commit_error();
-                        tracing::warn!(%error, "commit on revoke failed");
-                    }
-                }
-                events.push(RebalanceEvent::Revoked(list));
-            }
-            Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
-        }
-        self.events_pending.store(true, Ordering::Relaxed);
-        self.shared.metrics.rebalance();
-    }
 }
 
 /// A record waiting in the due-soon timer.
@@ -507,216 +439,6 @@ impl Core {
             }
         }
     }
-
-    /// Puts drained tier partitions to sleep until their next turn, once
-    /// they have been idle for the grace period and are at their end offset.
-    fn sleep_idle_partitions(&mut self, c: &Client, now: i64) {
-        let idle: Vec<((usize, i32), usize)> = self
-            .partitions
-            .iter()
-            .filter(|(_, p)| !p.is_holding() && now - p.last_activity_ms >= self.grace_ms)
-            .filter_map(|(k, p)| Some((*k, p.tier?)))
-            .collect();
-        for (key, tier) in idle {
-            let state = &self.partitions[&key];
-            let at_end = match (
-                state.position(),
-                cached_watermarks(c, &self.topics[key.0], key.1),
-            ) {
-                (Some(position), Some((_, high))) => position >= high,
-                (None, Some((low, high))) => low == high,
-                _ => false,
-            };
-            if at_end {
-                let slot = self.table.slot_of_partition(tier, key.1);
-                let wake = self.table.next_turn_release(tier, slot, now);
-                self.pause(c, key, wake);
-            }
-        }
-    }
-
-    /// Retries failed produces; dead-letters records whose target refuses them.
-    fn handle_failures(&mut self, now: i64) {
-        for failure in self.shared.take_failures() {
-            if !self.shared.book().is_live(failure.inflight.source) {
-                continue;
-            }
-            if failure.inflight.kind == Kind::Target && failure.is_permanent() {
-                let topic = failure.record.topic().to_owned();
-                self.forwarder.forget_target(&topic);
-                let error = EnvelopeError::DeliveryFailed(format!("{topic}: {}", failure.error));
-                tracing::warn!(%error, "dead-lettering undeliverable record");
-                self.forwarder.to_dead_letter(
-                    &failure.record,
-                    error.reason(),
-                    &error.to_string(),
-                    failure.inflight,
-                );
-            } else {
-                tracing::warn!(error = %failure.error, topic = failure.record.topic(), now, "produce failed; retrying");
-                self.forwarder.retry(failure);
-            }
-        }
-    }
-
-    /// Commits the acknowledged prefix of every partition, when any moved
-    /// or the last commit failed. Synchronous: one round trip every
-    /// `service.commit_interval`, measured as the commit latency. (With
-    /// rust-rdkafka's event API the asynchronous commit's result never
-    /// reached the commit callback on Tansu, so its latency could not be
-    /// observed.)
-    fn commit_offsets(&mut self, c: &Client) {
-        let context = c.context();
-        let mut book = self.shared.book();
-        let moved = !book.unstored().is_empty();
-        if !moved && !context.commit_failed.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, offset) in book.positions() {
-            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
-        }
-        drop(book);
-        if tpl.count() == 0 {
-            return;
-        }
-        // Stored too, so that librdkafka's own commit on close agrees.
-        let _ = c.store_offsets(&tpl);
-        let begun = Instant::now();
-        match c.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => self
-                .shared
-                .metrics
-                .commit_latency(begun.elapsed().as_secs_f64()),
-            Err(error) => {
-                context.commit_failed.store(true, Ordering::Relaxed);
-                self.shared.metrics.commit_error();
-                tracing::warn!(%error, "offset commit failed");
-            }
-        }
-    }
-
-    fn handle_rebalances(&mut self, c: &Client, health: &Health) {
-        if !c.context().events_pending.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        let events = std::mem::take(
-            &mut *c
-                .context()
-                .events
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        if events.is_empty() {
-            return;
-        }
-        let now = now_ms();
-        for event in events {
-            match event {
-                RebalanceEvent::Assigned(list) => {
-                    let mut committed = TopicPartitionList::new();
-                    for (topic, partition, id) in list {
-                        let Some(index) = self.topic_index(&topic) else {
-                            continue;
-                        };
-                        let tier = index.checked_sub(1);
-                        self.partitions
-                            .insert((index, partition), PartitionState::new(id, tier, now));
-                        committed.add_partition(&topic, partition);
-                    }
-                    self.load_start_offsets(c, committed);
-                    tracing::info!(assigned = self.partitions.len(), "partitions assigned");
-                }
-                RebalanceEvent::Revoked(list) => {
-                    for (topic, partition) in list {
-                        if let Some(index) = self.topic_index(&topic) {
-                            self.partitions.remove(&(index, partition));
-                        }
-                    }
-                    let book = self.shared.book();
-                    self.timer.retain(|s| book.is_live(s.id));
-                    drop(book);
-                    tracing::info!(assigned = self.partitions.len(), "partitions revoked");
-                }
-            }
-        }
-        // Pause state does not survive a rebalance in librdkafka: re-apply.
-        let paused: Vec<((usize, i32), i64)> = self
-            .partitions
-            .iter()
-            .filter_map(|(k, p)| Some((*k, p.wake_at?)))
-            .collect();
-        for (key, until) in paused {
-            self.pause(c, key, until);
-        }
-        health
-            .assigned
-            .store(self.partitions.len(), Ordering::Relaxed);
-        health.joined.store(true, Ordering::Relaxed);
-    }
-
-    fn load_start_offsets(&mut self, c: &Client, tpl: TopicPartitionList) {
-        if tpl.count() == 0 {
-            return;
-        }
-        match c.committed_offsets(tpl, Duration::from_secs(10)) {
-            Ok(committed) => {
-                for e in committed.elements() {
-                    let (Some(index), Offset::Offset(offset)) =
-                        (self.topic_index(e.topic()), e.offset())
-                    else {
-                        continue;
-                    };
-                    if let Some(state) = self.partitions.get_mut(&(index, e.partition())) {
-                        state.start_offset = Some(offset);
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot read committed offsets"),
-        }
-    }
-
-    fn refresh_gauges(&self, c: &Client) {
-        let metrics = &self.shared.metrics;
-        metrics.set_timer_records(self.timer.len());
-        let positions: HashMap<(String, i32), i64> = self
-            .shared
-            .book()
-            .positions()
-            .into_iter()
-            .map(|(t, p, o)| ((t, p), o))
-            .collect();
-        for tier in 0..self.table.tiers().len() {
-            let topic = &self.topics[tier + 1];
-            let mut paused = 0;
-            let mut pending = 0;
-            let mut oldest: Option<i64> = None;
-            for ((index, partition), state) in &self.partitions {
-                if *index != tier + 1 {
-                    continue;
-                }
-                paused += usize::from(state.wake_at.is_some());
-                if let Some((low, high)) = cached_watermarks(c, topic, *partition) {
-                    let from = positions
-                        .get(&(topic.clone(), *partition))
-                        .copied()
-                        .or(state.start_offset)
-                        .unwrap_or(low);
-                    pending += (high - from).max(0);
-                }
-                let head_due = state.held.front().and_then(|h| {
-                    let headers = h.headers()?;
-                    let env =
-                        envelope::parse_tier(headers.iter().map(|x| (x.key, x.value))).ok()?;
-                    Some(env.due_ms)
-                });
-                oldest = oldest.into_iter().chain(head_due).min();
-            }
-            metrics.set_paused(tier, paused);
-            metrics.set_pending(tier, pending);
-            metrics.set_oldest_due(tier, oldest);
-        }
-    }
 }
 
 /// Forwards every timer record due at `now`.
@@ -734,17 +456,5 @@ fn fire(timer: &mut Timer<Scheduled>, forwarder: &Forwarder, now: i64) {
             kind: Kind::Target,
         };
         forwarder.to_target(&s.record, &env, s.from, inflight, now_ms());
-    }
-}
-
-/// Hands freed heap pages back to the kernel. After a burst, glibc keeps the
-/// memory librdkafka's queues used; without this the resident set would
-/// stay at the burst's peak although nothing is held (pending records live
-/// in Kafka). `malloc_trim` returns quickly when there is nothing to give back.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own heap structures.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

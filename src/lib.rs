@@ -11,8 +11,9 @@
 //! * [`envelope`] — the header contract: parse into due time and target,
 //!   every error a variant;
 //! * [`wheel`] — the pure tier table: routing, release times, roll-over;
-//! * [`consumer`] — the consumer loop: one group, rebalances, per-partition
-//!   pause until the head's release time ([`partition`] holds the state);
+//! * [`consumer`] — the consumer loop: one group, per-partition pause until
+//!   the head's release time ([`partition`] holds the state); its
+//!   `rebalance` and `upkeep` (commits, idle partitions, gauges) submodules;
 //! * [`timer`] — the due-soon min-heap, delivery at the exact due time;
 //! * [`forwarder`] — produce, acknowledgements, dead letters;
 //!   [`offsets`] — the acknowledged prefix that may be committed;

@@ -66,6 +66,23 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntC
     vec
 }
 
+fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(LATENESS_BUCKETS.to_vec());
+    let histogram = Histogram::with_opts(opts).expect("valid histogram");
+    registry
+        .register(Box::new(histogram.clone()))
+        .expect("unique metric");
+    histogram
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let counter = IntCounter::new(name, help).expect("valid counter");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("unique metric");
+    counter
+}
+
 fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
     let vec = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
     registry
@@ -93,14 +110,11 @@ impl Metrics {
             "Records delivered to their target, by the topic they were last read from.",
             "from",
         );
-        let delivered = IntCounter::new(
+        let delivered = counter(
+            &registry,
             "kafka_delay_records_delivered_total",
             "Target deliveries acknowledged by the broker.",
-        )
-        .expect("valid counter");
-        registry
-            .register(Box::new(delivered.clone()))
-            .expect("unique metric");
+        );
         let tier_writes = counter_vec(
             &registry,
             "kafka_delay_tier_writes_total",
@@ -137,17 +151,11 @@ impl Metrics {
             "Earliest due time among held tier heads, Unix seconds (0: none held).",
             "tier",
         );
-        let lateness = Histogram::with_opts(
-            HistogramOpts::new(
-                "kafka_delay_delivery_lateness_seconds",
-                "Delivery time minus due time of forwarded records.",
-            )
-            .buckets(LATENESS_BUCKETS.to_vec()),
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(lateness.clone()))
-            .expect("unique metric");
+        let lateness = histogram(
+            &registry,
+            "kafka_delay_delivery_lateness_seconds",
+            "Delivery time minus due time of forwarded records.",
+        );
         let timer_records = IntGauge::new(
             "kafka_delay_timer_records",
             "Records held in the in-memory due-soon timer.",
@@ -156,39 +164,27 @@ impl Metrics {
         registry
             .register(Box::new(timer_records.clone()))
             .expect("unique metric");
-        let rebalances = IntCounter::new(
+        let rebalances = counter(
+            &registry,
             "kafka_delay_rebalances_total",
             "Consumer-group rebalances seen (assign or revoke).",
-        )
-        .expect("valid counter");
-        registry
-            .register(Box::new(rebalances.clone()))
-            .expect("unique metric");
+        );
         let produce_errors = counter_vec(
             &registry,
             "kafka_delay_produce_errors_total",
             "Failed produce attempts, by librdkafka error code.",
             "code",
         );
-        let commit_errors = IntCounter::new(
+        let commit_errors = counter(
+            &registry,
             "kafka_delay_commit_errors_total",
             "Offset commits that failed.",
-        )
-        .expect("valid counter");
-        registry
-            .register(Box::new(commit_errors.clone()))
-            .expect("unique metric");
-        let commit_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "kafka_delay_commit_latency_seconds",
-                "Time from an offset commit request to the broker's answer.",
-            )
-            .buckets(LATENESS_BUCKETS.to_vec()),
-        )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(commit_latency.clone()))
-            .expect("unique metric");
+        );
+        let commit_latency = histogram(
+            &registry,
+            "kafka_delay_commit_latency_seconds",
+            "Time from an offset commit request to the broker's answer.",
+        );
         let tier_labels: Vec<&str> = tiers.iter().map(String::as_str).collect();
         let each = |vec: &IntCounterVec, labels: &[&str]| -> Vec<IntCounter> {
             labels.iter().map(|l| vec.with_label_values(&[l])).collect()

@@ -10,45 +10,15 @@ use crate::config::Settings;
 
 /// Starts `kafka-delay run` for `settings`, serving metrics on `port`.
 pub fn spawn(settings: &Settings, port: u16) -> std::io::Result<Child> {
-    let ticks: Vec<String> = settings
-        .wheel
-        .ticks
-        .iter()
-        .map(|t| format!("{}ms", t.as_millis()))
-        .collect();
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("run")
-        .env(
-            "KAFKA_DELAY__KAFKA__BOOTSTRAP_SERVERS",
-            &settings.kafka.bootstrap_servers,
-        )
-        .env("KAFKA_DELAY__KAFKA__GROUP_ID", &settings.kafka.group_id)
-        .env("KAFKA_DELAY__TOPICS__INGRESS", &settings.topics.ingress)
-        .env(
-            "KAFKA_DELAY__TOPICS__DEAD_LETTER",
-            &settings.topics.dead_letter,
-        )
-        .env(
-            "KAFKA_DELAY__TOPICS__TIER_PREFIX",
-            &settings.topics.tier_prefix,
-        )
-        .env("KAFKA_DELAY__WHEEL__TICKS", ticks.join(","))
-        .env(
-            "KAFKA_DELAY__WHEEL__TOP_SLOTS",
-            settings.wheel.top_slots.to_string(),
-        )
-        .env("KAFKA_DELAY__WHEEL__REPLICATION_FACTOR", "1")
-        .env("KAFKA_DELAY__HTTP__BIND", format!("127.0.0.1:{port}"))
+    let mut settings = settings.clone();
+    settings.http.enabled = true;
+    settings.http.bind = format!("127.0.0.1:{port}");
+    Command::new(std::env::current_exe()?)
+        .arg("run")
+        .envs(settings.env_overrides())
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    for (k, v) in &settings.kafka.consumer_properties {
-        let key = format!(
-            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__{}",
-            k.replace('.', "_").to_uppercase()
-        );
-        cmd.env(key, v);
-    }
-    cmd.spawn()
+        .stdin(Stdio::null())
+        .spawn()
 }
 
 /// GET /metrics from the child.

@@ -17,46 +17,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_kafka-delay");
 /// The service as a child process, configured through environment
 /// overrides only (as a Helm chart or an operator would).
 fn spawn_service(settings: &Settings) -> Child {
-    let ticks = TICKS.join(",");
     Command::new(BIN)
         .arg("run")
-        .env(
-            "KAFKA_DELAY__KAFKA__BOOTSTRAP_SERVERS",
-            &settings.kafka.bootstrap_servers,
-        )
-        .env("KAFKA_DELAY__KAFKA__GROUP_ID", &settings.kafka.group_id)
-        .env("KAFKA_DELAY__TOPICS__INGRESS", &settings.topics.ingress)
-        .env(
-            "KAFKA_DELAY__TOPICS__DEAD_LETTER",
-            &settings.topics.dead_letter,
-        )
-        .env(
-            "KAFKA_DELAY__TOPICS__TIER_PREFIX",
-            &settings.topics.tier_prefix,
-        )
-        .env("KAFKA_DELAY__WHEEL__TICKS", ticks)
-        .env(
-            "KAFKA_DELAY__WHEEL__TOP_SLOTS",
-            settings.wheel.top_slots.to_string(),
-        )
-        .env("KAFKA_DELAY__WHEEL__REPLICATION_FACTOR", "1")
-        .env("KAFKA_DELAY__HTTP__ENABLED", "false")
-        .env(
-            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__SESSION_TIMEOUT_MS",
-            "6000",
-        )
-        .env(
-            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__HEARTBEAT_INTERVAL_MS",
-            "1000",
-        )
-        .env(
-            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__MAX_POLL_INTERVAL_MS",
-            "7000",
-        )
-        .env(
-            "KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__FETCH_WAIT_MAX_MS",
-            "10",
-        )
+        .envs(settings.env_overrides())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()

@@ -316,7 +316,8 @@ impl Core {
         let parsed = match from {
             Source::Ingress => {
                 let timestamp = msg.timestamp().to_millis();
-                envelope::parse_ingress(headers(), timestamp, now, &self.policy)
+                let trusted = self.forwarder.last_target();
+                envelope::parse_ingress_trusting(headers(), timestamp, now, &self.policy, trusted)
             }
             Source::Tier(_) => envelope::parse_tier(headers()),
         };

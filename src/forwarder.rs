@@ -367,6 +367,12 @@ impl Forwarder {
         exists
     }
 
+    /// The last target found to exist (and so already accepted by the
+    /// target policy); empty at first.
+    pub fn last_target(&self) -> &str {
+        &self.last_target
+    }
+
     /// Forgets what is known of `topic` (after a failed delivery).
     pub fn forget_target(&mut self, topic: &str) {
         self.targets.remove(topic);

@@ -220,3 +220,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn trusted_target_skips_only_its_own_checks() {
+    let p = policy();
+    let headers = [("x-target-topic", "orders")];
+    let iter = || headers.iter().map(|(k, v)| (*k, Some(v.as_bytes())));
+    let env = parse_ingress_trusting(iter(), Some(NOW), NOW, &p, "orders").unwrap();
+    assert_eq!(env.target, "orders");
+    let other = [("x-target-topic", "payments")];
+    let err = parse_ingress_trusting(
+        other.iter().map(|(k, v)| (*k, Some(v.as_bytes()))),
+        Some(NOW),
+        NOW,
+        &p,
+        "orders",
+    );
+    assert_eq!(err.unwrap_err().reason(), "forbidden_target");
+}

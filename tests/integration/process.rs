@@ -255,3 +255,55 @@ fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
     };
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[test]
+fn two_instances_share_the_wheel_and_survive_losing_one() {
+    let (settings, targets) = setup("failover", &["target"]);
+    let target = &targets[0];
+    let mut first = spawn_service(&settings);
+    let mut second = spawn_service(&settings);
+    std::thread::sleep(Duration::from_secs(5));
+    let producer = producer(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let n = 300;
+    for i in 0..n {
+        let delay = ((i * 37) % 12_000).to_string();
+        let headers = [
+            ("x-delay", delay.as_str()),
+            ("x-target-topic", target.as_str()),
+        ];
+        publish(
+            &producer,
+            &settings,
+            Some(&format!("k{i}")),
+            &format!("v{i}"),
+            &headers,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(2));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let counts = count_values(&arrivals);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !counts.contains_key(&format!("v{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost when one of two instances died: {missing:?}"
+    );
+    let mut worst = 0;
+    for a in &arrivals {
+        let scheduled: i64 = a.header(envelope::SCHEDULED_AT).unwrap().parse().unwrap();
+        assert!(a.seen_ms >= scheduled, "{} early", a.value());
+        worst = worst.max(a.seen_ms - scheduled);
+    }
+    // Outside failover lateness is milliseconds; records of the dead
+    // instance's partitions wait for the session timeout (6 s) and the
+    // rebalance.
+    assert!(worst < 20_000, "worst lateness {worst} ms");
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    println!("failover: {n} records, worst lateness {worst} ms, {duplicates} duplicates");
+}

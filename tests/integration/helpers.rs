@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kafka_delay::config::Settings;
 use kafka_delay::consumer::{now_ms, Health};
 use kafka_delay::metrics::Metrics;
-use kafka_delay::{broker, demo, kafka, service, topics};
+use kafka_delay::{broker, demo, envelope, kafka, service, topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -249,6 +249,54 @@ pub fn read(
     linger: Duration,
 ) -> Vec<Arrival> {
     Reader::start(settings, topics).wait(expected, timeout, linger)
+}
+
+/// Publishes records `v0..v{n}` (keys `k0..`) to be delivered to `target`
+/// after `delay_ms(i)`.
+pub fn publish_numbered(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    settings: &Settings,
+    target: &str,
+    n: usize,
+    delay_ms: impl Fn(usize) -> usize,
+) {
+    for i in 0..n {
+        let delay = delay_ms(i).to_string();
+        let headers = [("x-delay", delay.as_str()), ("x-target-topic", target)];
+        publish(
+            p,
+            settings,
+            Some(&format!("k{i}")),
+            &format!("v{i}"),
+            &headers,
+        );
+    }
+}
+
+/// Asserts that every one of `v0..v{n}` arrived and none before its due
+/// time; returns (worst lateness ms, duplicates).
+pub fn assert_all_arrived_never_early(arrivals: &[Arrival], n: usize) -> (i64, usize) {
+    let counts = count_values(arrivals);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !counts.contains_key(&format!("v{i}")))
+        .collect();
+    assert!(missing.is_empty(), "lost records: {missing:?}");
+    let mut worst = 0;
+    for a in arrivals {
+        let scheduled: i64 = a
+            .header(envelope::SCHEDULED_AT)
+            .expect("scheduled-at")
+            .parse()
+            .unwrap();
+        assert!(
+            a.seen_ms >= scheduled,
+            "{} arrived {} ms early",
+            a.value(),
+            scheduled - a.seen_ms
+        );
+        worst = worst.max(a.seen_ms - scheduled);
+    }
+    (worst, counts.values().map(|c| c - 1).sum())
 }
 
 /// Counts values, to find lost and duplicated records.

@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kafka_delay::config::Settings;
-use kafka_delay::envelope;
 use rdkafka::Message;
 
 use crate::helpers::*;
@@ -35,20 +34,7 @@ fn killing_the_service_mid_run_loses_nothing() {
     let producer = producer(&settings);
     let reader = Reader::start(&settings, &[target]);
     let n = 200;
-    for i in 0..n {
-        let delay = ((i * 53) % 10_000).to_string();
-        let headers = [
-            ("x-delay", delay.as_str()),
-            ("x-target-topic", target.as_str()),
-        ];
-        publish(
-            &producer,
-            &settings,
-            Some(&format!("k{i}")),
-            &format!("v{i}"),
-            &headers,
-        );
-    }
+    publish_numbered(&producer, &settings, target, n, |i| (i * 53) % 10_000);
     std::thread::sleep(Duration::from_secs(3));
     first.kill().expect("SIGKILL");
     first.wait().unwrap();
@@ -56,16 +42,7 @@ fn killing_the_service_mid_run_loses_nothing() {
     let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(2));
     second.kill().unwrap();
     second.wait().unwrap();
-    let counts = count_values(&arrivals);
-    let missing: Vec<usize> = (0..n)
-        .filter(|i| !counts.contains_key(&format!("v{i}")))
-        .collect();
-    assert!(missing.is_empty(), "lost after SIGKILL: {missing:?}");
-    for a in &arrivals {
-        let scheduled: i64 = a.header(envelope::SCHEDULED_AT).unwrap().parse().unwrap();
-        assert!(a.seen_ms >= scheduled, "{} early", a.value());
-    }
-    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    let (_, duplicates) = assert_all_arrived_never_early(&arrivals, n);
     println!("restart: {n} records, {duplicates} duplicates (at-least-once)");
 }
 
@@ -266,44 +243,17 @@ fn two_instances_share_the_wheel_and_survive_losing_one() {
     let producer = producer(&settings);
     let reader = Reader::start(&settings, &[target]);
     let n = 300;
-    for i in 0..n {
-        let delay = ((i * 37) % 12_000).to_string();
-        let headers = [
-            ("x-delay", delay.as_str()),
-            ("x-target-topic", target.as_str()),
-        ];
-        publish(
-            &producer,
-            &settings,
-            Some(&format!("k{i}")),
-            &format!("v{i}"),
-            &headers,
-        );
-    }
+    publish_numbered(&producer, &settings, target, n, |i| (i * 37) % 12_000);
     std::thread::sleep(Duration::from_secs(3));
     first.kill().expect("SIGKILL");
     first.wait().unwrap();
     let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(2));
     second.kill().unwrap();
     second.wait().unwrap();
-    let counts = count_values(&arrivals);
-    let missing: Vec<usize> = (0..n)
-        .filter(|i| !counts.contains_key(&format!("v{i}")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "lost when one of two instances died: {missing:?}"
-    );
-    let mut worst = 0;
-    for a in &arrivals {
-        let scheduled: i64 = a.header(envelope::SCHEDULED_AT).unwrap().parse().unwrap();
-        assert!(a.seen_ms >= scheduled, "{} early", a.value());
-        worst = worst.max(a.seen_ms - scheduled);
-    }
+    let (worst, duplicates) = assert_all_arrived_never_early(&arrivals, n);
     // Outside failover lateness is milliseconds; records of the dead
     // instance's partitions wait for the session timeout (6 s) and the
     // rebalance.
     assert!(worst < 20_000, "worst lateness {worst} ms");
-    let duplicates: usize = counts.values().map(|c| c - 1).sum();
     println!("failover: {n} records, worst lateness {worst} ms, {duplicates} duplicates");
 }

@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// measure the publisher's queue, not the service).
     #[arg(long, default_value_t = 2_000.0)]
     pub rate: f64,
+    /// Shortest delay of the lateness phase (delays are uniform over
+    /// delay-min..delay-max; e.g. 1h..2h with the default ticks to load one
+    /// tier only).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub delay_min: Duration,
     /// Longest delay of the lateness phase.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
     pub delay_max: Duration,
@@ -207,8 +212,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Results> {
     r.throughput_check = load::verify(&settings, target, n * rounds, Duration::from_secs(10))?;
 
     eprintln!(
-        "service, {} records with delays over 0..{:?}…",
-        args.delayed, args.delay_max
+        "service, {} records with delays over {:?}..{:?}…",
+        args.delayed, args.delay_min, args.delay_max
     );
     let service = start_service(&settings)?;
     let reader = {
@@ -218,6 +223,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Results> {
     };
     std::thread::sleep(Duration::from_secs(3));
     let max = args.delay_max.as_millis() as i64;
+    let min = (args.delay_min.as_millis() as i64).min(max);
     let mut rng = fastrand::Rng::with_seed(42);
     let ingress = &settings.topics.ingress;
     let delayed = 0..args.delayed;
@@ -231,7 +237,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Results> {
             rate: Some(args.rate),
         },
         Some(delayed_target),
-        |_| Some(rng.i64(0..=max)),
+        |_| Some(rng.i64(min..=max)),
     )?;
     let check = reader.join().expect("reader thread")?;
     let lat = &check.lateness_ms;

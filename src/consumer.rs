@@ -29,6 +29,7 @@ use crate::envelope::{self, Envelope, EnvelopeError, TargetPolicy};
 use crate::forwarder::{DeliveryContext, Forwarder, Inflight, Kind, Shared};
 use crate::kafka;
 use crate::metrics::{Metrics, Outcome, Source};
+use crate::offsets::{Assignment, Ticket};
 use crate::partition::{bucket_of, cached_watermarks, Detach, PartitionState};
 use crate::timer::Timer;
 
@@ -68,8 +69,7 @@ pub fn now_ms() -> i64 {
 
 /// A record waiting in the due-soon timer.
 struct Scheduled {
-    id: u32,
-    offset: i64,
+    ticket: Ticket,
     from: Source,
     target: String,
     original_timestamp_ms: i64,
@@ -297,14 +297,13 @@ impl Core {
     }
 
     /// Routes one released record: dead letter, target, timer or tier.
-    fn process<M: Message + Detach>(&mut self, msg: &M, from: Source, id: u32, now: i64) {
+    fn process<M: Message + Detach>(&mut self, msg: &M, from: Source, id: Assignment, now: i64) {
         let offset = msg.offset();
-        if !self.shared.book_unacked().take(id, offset) {
+        let Some(ticket) = self.shared.book_unacked().take(id, offset) else {
             return;
-        }
+        };
         let inflight = Inflight {
-            source: id,
-            offset,
+            ticket,
             kind: Kind::Target,
         };
         let headers = || {
@@ -350,8 +349,7 @@ impl Core {
                 self.timer.schedule(
                     env.due_ms,
                     Scheduled {
-                        id,
-                        offset,
+                        ticket,
                         from,
                         target: env.target.to_owned(),
                         original_timestamp_ms: env.original_timestamp_ms,
@@ -365,7 +363,7 @@ impl Core {
                 let lane = key_lane(msg.key(), self.lanes, offset as u64);
                 let partition = self.table.partition(tier, slot, lane);
                 let inflight = Inflight {
-                    kind: Kind::Tier(tier),
+                    kind: Kind::Tier,
                     ..inflight
                 };
                 self.forwarder
@@ -452,8 +450,7 @@ fn fire(timer: &mut Timer<Scheduled>, forwarder: &Forwarder, now: i64) {
             bucket: None,
         };
         let inflight = Inflight {
-            source: s.id,
-            offset: s.offset,
+            ticket: s.ticket,
             kind: Kind::Target,
         };
         forwarder.to_target(&s.record, &env, s.from, inflight, now_ms());

@@ -17,7 +17,7 @@ use rdkafka::{ClientContext, Message};
 
 use crate::envelope::{self, Envelope};
 use crate::metrics::{Metrics, Source};
-use crate::offsets::Book;
+use crate::offsets::{Book, Ticket};
 
 /// State shared by the consumer loop, the delivery callback and the
 /// rebalance callback.
@@ -30,7 +30,7 @@ pub struct Shared {
     /// Offsets of every assigned source partition.
     book: Mutex<Book>,
     /// Acknowledged (assignment id, source offset) pairs not yet applied.
-    acks: Mutex<Vec<(u32, i64)>>,
+    acks: Mutex<Vec<Ticket>>,
     /// Records whose produce failed, for the consumer loop.
     failures: Mutex<Vec<Failure>>,
     pub metrics: Arc<Metrics>,
@@ -57,8 +57,8 @@ impl Shared {
     pub fn book(&self) -> MutexGuard<'_, Book> {
         let mut book = self.book_unacked();
         let acks = std::mem::take(&mut *self.acks.lock().unwrap_or_else(PoisonError::into_inner));
-        for (id, offset) in acks {
-            book.done(id, offset);
+        for ticket in acks {
+            book.done(ticket);
         }
         book
     }
@@ -78,18 +78,43 @@ impl Shared {
 pub enum Kind {
     /// Delivery to the target topic.
     Target,
-    /// A write into tier `usize`.
-    Tier(usize),
+    /// A write into a tier.
+    Tier,
     /// A dead letter.
     DeadLetter,
 }
 
-/// The source record a produce came from: its assignment id and offset.
-#[derive(Debug, Clone, Copy)]
+/// The source record a produce came from (its [`Ticket`]) and what the
+/// produce is. Travels as the producer's delivery opaque, packed into one
+/// `usize`: no allocation per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inflight {
-    pub source: u32,
-    pub offset: i64,
+    pub ticket: Ticket,
     pub kind: Kind,
+}
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("kafka-delay packs delivery opaques into 64-bit words");
+
+impl Inflight {
+    fn pack(self) -> usize {
+        let tag = match self.kind {
+            Kind::Target => 0,
+            Kind::Tier => 1,
+            Kind::DeadLetter => 2,
+        };
+        self.ticket.with_tag(tag) as usize
+    }
+
+    fn unpack(word: usize) -> Self {
+        let (ticket, tag) = Ticket::from_tagged(word as u64);
+        let kind = match tag {
+            0 => Kind::Target,
+            1 => Kind::Tier,
+            _ => Kind::DeadLetter,
+        };
+        Self { ticket, kind }
+    }
 }
 
 /// A produce the broker did not acknowledge.
@@ -127,9 +152,10 @@ pub struct DeliveryContext {
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<Inflight>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, inflight: Box<Inflight>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let inflight = Inflight::unpack(opaque);
         match result {
             Ok(_) => {
                 if inflight.kind == Kind::Target {
@@ -139,7 +165,7 @@ impl ProducerContext for DeliveryContext {
                     .acks
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .push((inflight.source, inflight.offset));
+                    .push(inflight.ticket);
             }
             Err((error, message)) => {
                 let code = error
@@ -147,7 +173,7 @@ impl ProducerContext for DeliveryContext {
                     .map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}"));
                 self.shared.metrics.produce_error(&code);
                 self.shared.failures().push(Failure {
-                    inflight: *inflight,
+                    inflight,
                     record: message.detach(),
                     error: error.clone(),
                 });
@@ -225,7 +251,7 @@ impl Forwarder {
         })
     }
 
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], Box<Inflight>>) {
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>) {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return,
@@ -236,7 +262,7 @@ impl Forwarder {
                 Err((error, back)) => {
                     // Not accepted locally (e.g. too large): hand it to the
                     // failure path like a failed delivery.
-                    let inflight = *back.delivery_opaque;
+                    let inflight = Inflight::unpack(back.delivery_opaque);
                     let owned = OwnedMessage::new(
                         back.payload.map(<[u8]>::to_vec),
                         back.key.map(<[u8]>::to_vec),
@@ -401,8 +427,8 @@ fn record<'a, M: Message>(
     inflight: Inflight,
     headers: OwnedHeaders,
     timestamp_ms: i64,
-) -> BaseRecord<'a, [u8], [u8], Box<Inflight>> {
-    let mut rec = BaseRecord::with_opaque_to(topic, Box::new(inflight))
+) -> BaseRecord<'a, [u8], [u8], usize> {
+    let mut rec = BaseRecord::with_opaque_to(topic, inflight.pack())
         .headers(headers)
         .timestamp(timestamp_ms);
     rec.key = msg.key();

@@ -6,43 +6,109 @@
 //! commit position is the first offset still pending, or one past the last
 //! taken offset when nothing is pending — the contiguous acked prefix, as in
 //! rust-rdkafka's `at_least_once` example.
+//!
+//! Every taken record gets a [`Ticket`]: a 64-bit word naming the assignment
+//! (slot and generation) and the record's sequence number within it. The
+//! ticket is the producer's delivery opaque, so a produce needs no heap
+//! allocation (a `Box` freed on the producer's thread cost ~15 % of the CPU
+//! per record, measured with `kafka-delay bench`).
 
 use std::collections::{HashMap, VecDeque};
+
+/// Bits of the sequence number in a [`Ticket`]. Sequence numbers wrap; that
+/// is harmless while fewer than 2^38 records of one partition are in flight.
+const SEQ_BITS: u32 = 38;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+/// Bits of the generation: a slot reused by a later assignment has another
+/// generation, so late acknowledgements of the old one are ignored.
+const GEN_BITS: u32 = 8;
+/// Bits of the slot: at most 65 536 partitions assigned at once.
+const SLOT_BITS: u32 = 16;
+
+/// One assignment of one partition: slot and generation, packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Assignment(u32);
+
+impl Assignment {
+    fn new(slot: usize, generation: u8) -> Self {
+        Self(((generation as u32) << SLOT_BITS) | slot as u32)
+    }
+
+    fn slot(self) -> usize {
+        (self.0 & ((1 << SLOT_BITS) - 1)) as usize
+    }
+
+    fn generation(self) -> u8 {
+        (self.0 >> SLOT_BITS) as u8
+    }
+}
+
+/// A taken record: its assignment, its sequence number (mod 2^38) and two
+/// spare bits for the caller (the produce kind). Fits a `usize` on 64-bit
+/// targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+impl Ticket {
+    fn new(assignment: Assignment, seq: u64) -> Self {
+        Self(((assignment.0 as u64) << SEQ_BITS) | (seq & SEQ_MASK))
+    }
+
+    /// The assignment the record was taken under.
+    pub fn assignment(self) -> Assignment {
+        Assignment(((self.0 >> SEQ_BITS) & ((1 << (SLOT_BITS + GEN_BITS)) - 1)) as u32)
+    }
+
+    fn seq(self) -> u64 {
+        self.0 & SEQ_MASK
+    }
+
+    /// The ticket with two caller bits (0–3) attached.
+    pub fn with_tag(self, tag: u8) -> u64 {
+        self.0 | (u64::from(tag & 3) << (SEQ_BITS + SLOT_BITS + GEN_BITS))
+    }
+
+    /// Splits a word made by [`Ticket::with_tag`].
+    pub fn from_tagged(word: u64) -> (Self, u8) {
+        let shift = SEQ_BITS + SLOT_BITS + GEN_BITS;
+        (Self(word & ((1 << shift) - 1)), (word >> shift) as u8 & 3)
+    }
+}
 
 /// Pending offsets of one source partition.
 #[derive(Debug, Default)]
 pub struct PartitionOffsets {
     /// Taken offsets in ascending order, with their done flag.
     pending: VecDeque<(i64, bool)>,
+    /// Sequence number of `pending.front()`.
+    front_seq: u64,
     /// One past the last taken offset.
     next: Option<i64>,
 }
 
 impl PartitionOffsets {
-    /// Records that `offset` is being processed. Offsets must be taken in
-    /// ascending order; a smaller or repeated offset is ignored (returns false).
-    pub fn take(&mut self, offset: i64) -> bool {
+    /// Records that `offset` is being processed; returns its sequence number.
+    /// Offsets must be taken in ascending order; a smaller or repeated offset
+    /// is refused (None).
+    pub fn take(&mut self, offset: i64) -> Option<u64> {
         if self.next.is_some_and(|next| offset < next) {
-            return false;
+            return None;
         }
         self.pending.push_back((offset, false));
         self.next = Some(offset + 1);
-        true
+        Some(self.front_seq + self.pending.len() as u64 - 1)
     }
 
-    /// Marks `offset` as delivered. Unknown offsets are ignored.
-    pub fn done(&mut self, offset: i64) {
-        // Acknowledgements mostly arrive in offset order: the head first.
-        match self.pending.front_mut() {
-            Some(front) if front.0 == offset => front.1 = true,
-            _ => {
-                if let Ok(i) = self.pending.binary_search_by_key(&offset, |&(o, _)| o) {
-                    self.pending[i].1 = true;
-                }
-            }
+    /// Marks the record with sequence number `seq` (mod 2^38) delivered.
+    /// Unknown sequence numbers are ignored.
+    pub fn done(&mut self, seq: u64) {
+        let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
+        if let Some(entry) = self.pending.get_mut(index) {
+            entry.1 = true;
         }
         while self.pending.front().is_some_and(|&(_, done)| done) {
             self.pending.pop_front();
+            self.front_seq += 1;
         }
     }
 
@@ -61,16 +127,15 @@ impl PartitionOffsets {
     }
 }
 
-/// Offsets of every assigned source partition, shared by the consumer loop
-/// (take), the producer's delivery callback (done) and the rebalance
-/// callback (commit on revoke).
-///
-/// Each assignment of a partition gets a fresh id, so a late acknowledgement
-/// from a previous assignment can never mark an offset of the current one.
+/// Offsets of every assigned source partition: taken by the consumer loop,
+/// marked done from the producer's acknowledgements, committed by the loop
+/// and on revoke.
 #[derive(Debug, Default)]
 pub struct Book {
     entries: Vec<Option<BookEntry>>,
-    ids: HashMap<(String, i32), u32>,
+    generations: Vec<u8>,
+    free: Vec<usize>,
+    ids: HashMap<(String, i32), Assignment>,
 }
 
 #[derive(Debug)]
@@ -82,53 +147,74 @@ struct BookEntry {
 }
 
 impl Book {
-    /// Starts tracking a newly assigned partition; returns its id.
-    pub fn register(&mut self, topic: &str, partition: i32) -> u32 {
-        let id = self.entries.len() as u32;
-        self.entries.push(Some(BookEntry {
+    /// Starts tracking a newly assigned partition.
+    ///
+    /// # Panics
+    /// With more than 65 536 partitions assigned to one instance at once.
+    pub fn register(&mut self, topic: &str, partition: i32) -> Assignment {
+        if let Some(old) = self.ids.get(&(topic.to_owned(), partition)).copied() {
+            self.release(old);
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.entries.push(None);
+            self.generations.push(0);
+            self.entries.len() - 1
+        });
+        assert!(
+            slot < 1 << SLOT_BITS,
+            "more than 65536 partitions assigned to one instance"
+        );
+        self.entries[slot] = Some(BookEntry {
             topic: topic.to_owned(),
             partition,
             offsets: PartitionOffsets::default(),
             stored: None,
-        }));
-        if let Some(old) = self.ids.insert((topic.to_owned(), partition), id) {
-            self.entries[old as usize] = None;
+        });
+        let assignment = Assignment::new(slot, self.generations[slot]);
+        self.ids.insert((topic.to_owned(), partition), assignment);
+        assignment
+    }
+
+    fn release(&mut self, assignment: Assignment) -> Option<BookEntry> {
+        let slot = assignment.slot();
+        let entry = self.entries[slot].take()?;
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.free.push(slot);
+        Some(entry)
+    }
+
+    /// True while `assignment` is current.
+    pub fn is_live(&self, assignment: Assignment) -> bool {
+        let slot = assignment.slot();
+        self.entries.get(slot).is_some_and(Option::is_some)
+            && self.generations[slot] == assignment.generation()
+    }
+
+    fn entry(&mut self, assignment: Assignment) -> Option<&mut BookEntry> {
+        if !self.is_live(assignment) {
+            return None;
         }
-        id
+        self.entries[assignment.slot()].as_mut()
     }
 
-    /// The id of an assigned partition.
-    pub fn id(&self, topic: &str, partition: i32) -> Option<u32> {
-        self.ids.get(&(topic.to_owned(), partition)).copied()
+    /// Takes `offset` (see [`PartitionOffsets::take`]); None for a revoked
+    /// assignment or an offset already taken.
+    pub fn take(&mut self, assignment: Assignment, offset: i64) -> Option<Ticket> {
+        let seq = self.entry(assignment)?.offsets.take(offset)?;
+        Some(Ticket::new(assignment, seq))
     }
 
-    /// True while the assignment `id` is current.
-    pub fn is_live(&self, id: u32) -> bool {
-        self.entries.get(id as usize).is_some_and(Option::is_some)
-    }
-
-    fn entry(&mut self, id: u32) -> Option<&mut BookEntry> {
-        self.entries.get_mut(id as usize).and_then(Option::as_mut)
-    }
-
-    /// See [`PartitionOffsets::take`]; false for a revoked assignment.
-    pub fn take(&mut self, id: u32, offset: i64) -> bool {
-        self.entry(id).is_some_and(|e| e.offsets.take(offset))
-    }
-
-    /// See [`PartitionOffsets::done`].
-    pub fn done(&mut self, id: u32, offset: i64) {
-        if let Some(e) = self.entry(id) {
-            e.offsets.done(offset);
+    /// Marks the ticket's record delivered (ignored for revoked assignments).
+    pub fn done(&mut self, ticket: Ticket) {
+        if let Some(e) = self.entry(ticket.assignment()) {
+            e.offsets.done(ticket.seq());
         }
     }
 
     /// Stops tracking a revoked partition; returns its commit position.
     pub fn remove(&mut self, topic: &str, partition: i32) -> Option<i64> {
-        let id = self.ids.remove(&(topic.to_owned(), partition))?;
-        self.entries[id as usize]
-            .take()
-            .and_then(|e| e.offsets.commit_position())
+        let assignment = self.ids.remove(&(topic.to_owned(), partition))?;
+        self.release(assignment)?.offsets.commit_position()
     }
 
     /// Commit positions that moved since the last call, as
@@ -173,36 +259,55 @@ mod tests {
     fn commits_only_the_contiguous_done_prefix() {
         let mut p = PartitionOffsets::default();
         assert_eq!(p.commit_position(), None);
-        for o in 10..15 {
-            assert!(p.take(o));
-        }
-        p.done(12);
-        p.done(11);
+        let seqs: Vec<u64> = (10..15).map(|o| p.take(o).unwrap()).collect();
+        p.done(seqs[2]);
+        p.done(seqs[1]);
         assert_eq!(p.commit_position(), Some(10));
-        p.done(10);
+        p.done(seqs[0]);
         assert_eq!(p.commit_position(), Some(13));
-        p.done(13);
-        p.done(14);
+        p.done(seqs[3]);
+        p.done(seqs[4]);
         assert_eq!(p.commit_position(), Some(15));
         assert_eq!(p.in_flight(), 0);
-        assert!(!p.take(3));
+        assert_eq!(p.take(3), None);
     }
 
     #[test]
     fn a_new_assignment_ignores_acks_of_the_old_one() {
         let mut book = Book::default();
         let old = book.register("t", 0);
-        assert!(book.take(old, 5));
+        let stale = book.take(old, 5).unwrap();
         let new = book.register("t", 0);
         assert!(!book.is_live(old));
-        book.done(old, 5);
-        assert!(book.take(new, 5));
+        assert_eq!(new.slot(), old.slot(), "slots are reused");
+        book.done(stale);
+        let ticket = book.take(new, 5).unwrap();
         assert_eq!(book.unstored(), vec![("t".to_owned(), 0, 5)]);
-        book.done(new, 5);
+        book.done(ticket);
         assert_eq!(book.unstored(), vec![("t".to_owned(), 0, 6)]);
         assert!(book.unstored().is_empty());
         assert_eq!(book.remove("t", 0), Some(6));
-        assert_eq!(book.id("t", 0), None);
+        assert!(!book.is_live(new));
+    }
+
+    #[test]
+    fn tickets_carry_a_tag_and_wrap_their_sequence() {
+        let mut p = PartitionOffsets {
+            front_seq: SEQ_MASK - 1,
+            ..Default::default()
+        };
+        let a = p.take(0).unwrap();
+        let b = p.take(1).unwrap();
+        let c = p.take(2).unwrap();
+        let ticket = Ticket::new(Assignment::new(7, 3), c);
+        let (back, tag) = Ticket::from_tagged(ticket.with_tag(2));
+        assert_eq!((back, tag), (ticket, 2));
+        assert_eq!(back.assignment(), Assignment::new(7, 3));
+        p.done(back.seq());
+        p.done(b & SEQ_MASK);
+        assert_eq!(p.commit_position(), Some(0));
+        p.done(a & SEQ_MASK);
+        assert_eq!(p.commit_position(), Some(3));
     }
 
     proptest! {
@@ -212,14 +317,12 @@ mod tests {
             order in proptest::collection::vec(any::<proptest::sample::Index>(), 1..100),
         ) {
             let mut p = PartitionOffsets::default();
-            for o in 0..n as i64 {
-                p.take(o);
-            }
+            let seqs: Vec<u64> = (0..n as i64).map(|o| p.take(o).unwrap()).collect();
             let mut undelivered: Vec<i64> = (0..n as i64).collect();
             for idx in order {
                 if undelivered.is_empty() { break; }
                 let o = undelivered.remove(idx.index(undelivered.len()));
-                p.done(o);
+                p.done(seqs[o as usize]);
                 let first_open = undelivered.iter().min().copied().unwrap_or(n as i64);
                 prop_assert_eq!(p.commit_position(), Some(first_open));
             }

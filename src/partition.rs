@@ -15,12 +15,13 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
 
 use crate::envelope;
+use crate::offsets::Assignment;
 
 /// What the consumer loop knows of one assigned partition.
 #[derive(Debug)]
 pub struct PartitionState {
     /// Assignment id in the offset [`Book`](crate::offsets::Book).
-    pub id: u32,
+    pub id: Assignment,
     /// Tier index, or None for the ingress topic.
     pub tier: Option<usize>,
     /// Records read but not yet processed, head first.
@@ -37,7 +38,7 @@ pub struct PartitionState {
 
 impl PartitionState {
     /// A freshly assigned partition, fetching.
-    pub fn new(id: u32, tier: Option<usize>, now_ms: i64) -> Self {
+    pub fn new(id: Assignment, tier: Option<usize>, now_ms: i64) -> Self {
         Self {
             id,
             tier,

@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) enum RebalanceEvent {
-    Assigned(Vec<(String, i32, u32)>),
+    Assigned(Vec<(String, i32, Assignment)>),
     Revoked(Vec<(String, i32)>),
 }
 
@@ -116,7 +116,7 @@ impl Core {
                         }
                     }
                     let book = self.shared.book();
-                    self.timer.retain(|s| book.is_live(s.id));
+                    self.timer.retain(|s| book.is_live(s.ticket.assignment()));
                     drop(book);
                     tracing::info!(assigned = self.partitions.len(), "partitions revoked");
                 }

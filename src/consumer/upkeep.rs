@@ -35,7 +35,11 @@ impl Core {
     /// Retries failed produces; dead-letters records whose target refuses them.
     pub(super) fn handle_failures(&mut self, now: i64) {
         for failure in self.shared.take_failures() {
-            if !self.shared.book().is_live(failure.inflight.source) {
+            if !self
+                .shared
+                .book()
+                .is_live(failure.inflight.ticket.assignment())
+            {
                 continue;
             }
             if failure.inflight.kind == Kind::Target && failure.is_permanent() {

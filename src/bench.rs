@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::broker::LocalBroker;
 use crate::config::Settings;
-use crate::consumer::Health;
 use crate::demo::{create_targets, local_settings};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::service;
 use crate::topics::{self, Spec};
@@ -134,7 +134,7 @@ struct Running {
 
 fn start_service(settings: &Settings) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new(&service::tier_labels(settings)?));
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(&service::loop_names(settings)?));
     let stop = Arc::new(AtomicBool::new(false));
     let (s, flag, m, h) = (
         settings.clone(),
@@ -150,7 +150,7 @@ fn start_service(settings: &Settings) -> anyhow::Result<Running> {
             }
         })?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !health.joined.load(Ordering::Relaxed) {
+    while !health.joined() {
         anyhow::ensure!(Instant::now() < deadline, "service did not join its group");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -132,6 +132,10 @@ pub struct WheelSettings {
     /// How long a drained tier partition stays resumed for late appends
     /// before it sleeps until its next turn.
     pub grace: Serde<Duration>,
+    /// Largest clock offset from the broker that the tier table is built to
+    /// absorb; beyond it `kafka_delay_clock_offset_seconds` alerts (see
+    /// README, Guarantees).
+    pub max_clock_skew: Serde<Duration>,
 }
 
 impl Default for WheelSettings {
@@ -146,6 +150,7 @@ impl Default for WheelSettings {
             min_insync_replicas: None,
             lead: d("200ms"),
             grace: d("1s"),
+            max_clock_skew: d("500ms"),
         }
     }
 }
@@ -160,6 +165,25 @@ pub struct ServiceSettings {
     /// How often acknowledged offsets are committed. A crash redelivers at
     /// most this much (plus what was in flight).
     pub commit_interval: Serde<Duration>,
+    /// How often end and committed offsets are fetched for each loop's
+    /// partitions: bounds how late a record appended to a sleeping
+    /// partition is noticed.
+    pub watch_interval: Serde<Duration>,
+    /// A target or tier write failing transiently for this long is
+    /// dead-lettered with its last error.
+    pub delivery_timeout: Serde<Duration>,
+    /// How long start-up retries an unreachable cluster before giving up.
+    pub startup_timeout: Serde<Duration>,
+    /// Records read and not yet acknowledged, over the whole instance:
+    /// above it, source partitions pause (backpressure).
+    pub max_in_flight: usize,
+    /// Records read and not yet acknowledged from one partition.
+    pub max_in_flight_per_partition: usize,
+    /// Records held in the due-soon timers, over the whole instance.
+    pub max_timer_records: usize,
+    /// Key, value and header bytes held in the due-soon timers, over the
+    /// whole instance.
+    pub max_timer_bytes: usize,
 }
 
 impl Default for ServiceSettings {
@@ -167,6 +191,13 @@ impl Default for ServiceSettings {
         Self {
             shutdown_timeout: Duration::from_secs(20).into(),
             commit_interval: Duration::from_secs(1).into(),
+            watch_interval: Duration::from_secs(1).into(),
+            delivery_timeout: Duration::from_secs(600).into(),
+            startup_timeout: Duration::from_secs(60).into(),
+            max_in_flight: 100_000,
+            max_in_flight_per_partition: 20_000,
+            max_timer_records: 200_000,
+            max_timer_bytes: 64 << 20,
         }
     }
 }
@@ -286,6 +317,10 @@ impl Settings {
             ("WHEEL__TICKS", ticks.join(",")),
             ("WHEEL__TOP_SLOTS", self.wheel.top_slots.to_string()),
             (
+                "WHEEL__MAX_CLOCK_SKEW",
+                format!("{}ms", self.wheel.max_clock_skew.as_millis()),
+            ),
+            (
                 "WHEEL__REPLICATION_FACTOR",
                 self.wheel.replication_factor.to_string(),
             ),
@@ -389,6 +424,37 @@ impl Settings {
                 "commit every few hundred milliseconds or more, e.g. \"1s\"",
             ));
         }
+        for (key, value) in [
+            ("service.watch_interval", &self.service.watch_interval),
+            ("service.delivery_timeout", &self.service.delivery_timeout),
+            ("service.startup_timeout", &self.service.startup_timeout),
+            ("wheel.max_clock_skew", &self.wheel.max_clock_skew),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(
+                    key,
+                    "is 0",
+                    "give a positive duration, e.g. \"1s\"",
+                ));
+            }
+        }
+        for (key, value) in [
+            ("service.max_in_flight", self.service.max_in_flight),
+            (
+                "service.max_in_flight_per_partition",
+                self.service.max_in_flight_per_partition,
+            ),
+            ("service.max_timer_records", self.service.max_timer_records),
+            ("service.max_timer_bytes", self.service.max_timer_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    key,
+                    "is 0",
+                    "give a positive cap (see config/example.toml for the defaults)",
+                ));
+            }
+        }
         if self.wheel.grace.is_zero() {
             return Err(invalid(
                 "wheel.grace",
@@ -417,6 +483,7 @@ impl Settings {
             self.wheel.top_slots,
             ms(&self.wheel.lead),
             ms(&self.wheel.max_delay),
+            ms(&self.wheel.max_clock_skew),
         )
         .map_err(|e| {
             let key = match e {
@@ -431,6 +498,14 @@ impl Settings {
                 "see the [wheel] section of config/example.toml",
             )
         })
+    }
+
+    /// The consumer group of one loop: `<group_id>.ingress` for the ingress,
+    /// `<group_id>.<tick label>` (`kafka-delay.1s`) for a tier. One group per
+    /// topic, so that each tier's partitions are shared evenly by the
+    /// instances (a group over several topics balances only the total).
+    pub fn group_of(&self, label: &str) -> String {
+        format!("{}.{label}", self.kafka.group_id)
     }
 
     /// Tier topic names, lowest tier first.

@@ -1,458 +1,524 @@
-//! The consumer loop: one consumer group over the ingress and tier topics.
+//! The consumer loop: one consumer group over one topic — the ingress or a
+//! tier — on its own thread. An instance runs one loop per topic
+//! ([`crate::service`]), so that the group of each tier spreads that tier's
+//! partitions evenly over the instances.
 //!
-//! Every tier partition is paused until its head record's release time, then
-//! resumed and drained: each released record is re-routed by
-//! [`TierTable::route`] — to a lower tier, the due-soon timer, or its target —
-//! until the head belongs to a later turn. A drained partition stays resumed
-//! for `wheel.grace`, then sleeps until its slot's next turn. Ingress
-//! partitions are never paused.
+//! Every tier partition is paused until its head record's release time,
+//! then resumed and drained: each released record is re-routed by
+//! [`TierTable::route`] — to a lower tier, the due-soon timer, or its
+//! target — until the head belongs to a later turn. A drained partition
+//! stays resumed for `wheel.grace`, then sleeps until its slot's next turn,
+//! or until the watcher sees a record appended to it. Ingress partitions
+//! are paused only for backpressure.
 //!
-//! Everything runs on one thread: `poll` (which also runs the rebalance
-//! callbacks), the timer, pause/resume and offset storing. librdkafka's
-//! fetcher and the producer's own thread do the I/O, so the per-record work
-//! here is header parsing and one produce call — no future, no task.
+//! The loop never waits on the network: polling, timers, pause/resume and
+//! offset marks run here; produces are queued in librdkafka; commits and
+//! offset queries run on the [`watcher`](crate::watcher) threads; target
+//! look-ups on the [`targets`](crate::targets) thread. Per record the work
+//! is header parsing and one produce call — no future, no task.
+//!
+//! Submodules: [`records`] (what happens to each record), `rebalance`
+//! (the group's callbacks), `flow` (backpressure).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod flow;
+mod rebalance;
+mod records;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::producer::{Producer, ThreadedProducer};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use thiserror::Error;
 
+pub use crate::clock::now_ms;
+use crate::clock::OffsetEstimator;
 use crate::config::{ConfigError, Settings};
-use crate::envelope::{self, Envelope, EnvelopeError, TargetPolicy};
-use crate::forwarder::{DeliveryContext, Forwarder, Inflight, Kind, Shared};
+use crate::envelope::TargetPolicy;
+use crate::forwarder::failures::{Failures, RetryPolicy};
+use crate::forwarder::Forwarder;
+use crate::health::Health;
 use crate::kafka;
-use crate::metrics::{Metrics, Outcome, Source};
-use crate::offsets::{Assignment, Ticket};
-use crate::partition::{bucket_of, cached_watermarks, Detach, PartitionState};
+use crate::ledger::Ledger;
+use crate::metrics::{Metrics, Source, SourceGauges};
+use crate::partitions::{PartitionTable, Pauser};
+use crate::targets::Targets;
 use crate::timer::Timer;
-
-mod rebalance;
-mod upkeep;
-
-use crate::wheel::{key_lane, Route, TierTable};
-pub use rebalance::RebalanceContext;
-use upkeep::release_free_memory;
+use crate::watcher::Side;
+use crate::wheel::TierTable;
+pub use flow::Limits;
+pub use rebalance::GroupContext;
+use records::{Parked, Scheduled};
 
 /// Why the service could not start or stopped.
 #[derive(Debug, Error)]
 pub enum EngineError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("kafka: {0}")]
+    #[error("kafka: {}", crate::kafka::describe(.0))]
     Kafka(#[from] KafkaError),
+    #[error("cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("the {topic} producer failed fatally ({error}); exiting so that the orchestrator restarts the instance (nothing unacknowledged was committed)")]
+    FatalProducer { topic: String, error: String },
 }
 
-/// Liveness and readiness, for `/healthz` and `/readyz`.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Set once the first assignment (possibly empty) arrived: the group was joined.
-    pub joined: AtomicBool,
-    /// Partitions currently assigned.
-    pub assigned: AtomicUsize,
-    /// Epoch ms of the last completed loop iteration.
-    pub last_loop_ms: std::sync::atomic::AtomicI64,
+/// Which topic a loop consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Ingress,
+    Tier(usize),
 }
 
-/// Current wall-clock time, epoch ms.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+impl Role {
+    fn source(self) -> Source {
+        match self {
+            Role::Ingress => Source::Ingress,
+            Role::Tier(t) => Source::Tier(t),
+        }
+    }
 }
 
-/// A record waiting in the due-soon timer.
-struct Scheduled {
-    ticket: Ticket,
-    from: Source,
-    target: String,
-    original_timestamp_ms: i64,
-    record: OwnedMessage,
-}
-
-/// How often offsets are stored and idle partitions checked.
+/// How often offsets are checked, partitions put to sleep and caps applied.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 /// How often gauges are refreshed.
 const GAUGES: Duration = Duration::from_secs(1);
 /// Longest single poll wait.
-const MAX_POLL: Duration = Duration::from_millis(50);
+const MAX_POLL_MS: i64 = 50;
 /// Records handled per burst before timers are checked again.
 const BURST: usize = 512;
+/// A fetching partition behind its end with no record for this long is
+/// stalled, ms (long enough for a fetch after a rebalance on a loaded
+/// machine; a real stall lasts until something resumes the partition).
+const STALL_MS: i64 = 10_000;
+/// How long the last accepted target skips the target checks, ms.
+const TRUSTED_TARGET_MS: i64 = 10_000;
 
-/// The consumer loop: the consumer and the [`Core`] state it drives.
-pub struct Engine {
-    consumer: BaseConsumer<RebalanceContext>,
-    core: Core,
-    health: Arc<Health>,
+type Client = BaseConsumer<GroupContext>;
+
+/// What every loop of an instance shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub limits: Arc<Limits>,
+    pub clock: Arc<OffsetEstimator>,
+}
+
+/// One consumer loop.
+pub struct ConsumerLoop {
+    role: Role,
+    index: usize,
+    topic: String,
+    consumer: Arc<Client>,
+    side: Option<Side>,
+    table: TierTable,
+    policy: Arc<TargetPolicy>,
+    lanes: u32,
+    grace_ms: i64,
+    partitions: PartitionTable,
+    ledger: Arc<Ledger>,
+    forwarder: Forwarder,
+    failures: Failures,
+    timer: Timer<Scheduled>,
+    timer_bytes: usize,
+    targets: Option<Targets>,
+    parked: VecDeque<Parked>,
+    /// The last target accepted (policy and existence), and when.
+    trusted: (String, i64),
+    shared: Shared,
     shutdown_timeout: Duration,
     commit_interval: Duration,
 }
 
-type Client = BaseConsumer<RebalanceContext>;
-
-/// Everything the loop mutates while a polled record borrows the consumer.
-struct Core {
-    forwarder: Forwarder,
-    shared: Arc<Shared>,
-    table: TierTable,
-    policy: TargetPolicy,
-    /// Ingress first, then the tier topics.
-    topics: Vec<String>,
-    lanes: u32,
-    grace_ms: i64,
-    partitions: HashMap<(usize, i32), PartitionState>,
-    timer: Timer<Scheduled>,
-}
-
-impl Engine {
-    /// Builds the producer and the consumer and subscribes; no record is
-    /// read before [`Engine::run`].
+impl ConsumerLoop {
+    /// Builds the producer, the consumer (group `<group_id>.<role>`), its
+    /// watcher threads and subscribes; no record is read before
+    /// [`ConsumerLoop::run`]. `index` is the loop's place in `shared`.
     pub fn new(
         settings: &Settings,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
+        role: Role,
+        index: usize,
+        shared: Shared,
     ) -> Result<Self, EngineError> {
         let table = settings.tier_table()?;
-        let policy = settings.target_policy()?;
+        let policy = Arc::new(settings.target_policy()?);
         let tier_topics = settings.tier_topics(&table);
-        let shared = Shared::new(metrics);
+        let topic = match role {
+            Role::Ingress => settings.topics.ingress.clone(),
+            Role::Tier(t) => tier_topics[t].clone(),
+        };
+        let ledger = Arc::new(Ledger::default());
         let forwarder = Forwarder::new(
             &kafka::producer_config(settings),
-            shared.clone(),
-            settings.topics.dead_letter.clone(),
-            tier_topics.clone(),
+            ledger.clone(),
+            shared.metrics.clone(),
+            shared.clock.clone(),
+            &settings.topics.dead_letter,
+            &tier_topics,
         )?;
-        let context = RebalanceContext {
-            shared: shared.clone(),
+        let group = settings.group_of(&match role {
+            Role::Ingress => "ingress".to_owned(),
+            Role::Tier(t) => crate::config::tick_label(table.tiers()[t].tick_ms),
+        });
+        let eof = matches!(role, Role::Tier(_));
+        let config = kafka::consumer_config(settings, &group, eof);
+        let max_poll_ms = config
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300_000);
+        let context = GroupContext {
+            revoke_wait: GroupContext::revoke_wait(max_poll_ms),
+            topic: topic.clone(),
+            ledger: ledger.clone(),
             producer: forwarder.producer_handle(),
-            flush_timeout: Duration::from_secs(5),
+            metrics: shared.metrics.clone(),
+            health: shared.health.clone(),
+            health_index: index,
+            committer: Mutex::new(None),
+            assigned: Mutex::new(Default::default()),
             events: Mutex::new(Vec::new()),
             events_pending: AtomicBool::new(false),
-            commit_failed: AtomicBool::new(false),
         };
-        let consumer: BaseConsumer<RebalanceContext> =
-            kafka::consumer_config(settings).create_with_context(context)?;
-        let mut topics = vec![settings.topics.ingress.clone()];
-        topics.extend(tier_topics);
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&names)?;
-        let core = Core {
-            forwarder,
-            shared,
+        let consumer: Arc<Client> = Arc::new(config.create_with_context(context)?);
+        let (pauser, pauses) = Pauser::channel();
+        let side = Side::start(
+            consumer.clone(),
+            &topic,
+            shared.metrics.clone(),
+            *settings.service.watch_interval,
+            pauses,
+        )?;
+        *consumer
+            .context()
+            .committer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(side.committer());
+        consumer.subscribe(&[&topic])?;
+        let targets = match role {
+            Role::Ingress => Some(Targets::start(forwarder.producer_handle())?),
+            Role::Tier(_) => None,
+        };
+        let policy_ms = |d: &humantime_serde::Serde<Duration>| d.as_millis() as i64;
+        Ok(Self {
+            role,
+            index,
+            partitions: PartitionTable::new(pauser),
+            topic,
+            consumer,
+            side: Some(side),
             table,
             policy,
-            topics,
             lanes: settings.wheel.partitions_per_slot,
-            grace_ms: settings.wheel.grace.as_millis() as i64,
-            partitions: HashMap::new(),
+            grace_ms: policy_ms(&settings.wheel.grace),
+            ledger,
+            forwarder,
+            failures: Failures::new(RetryPolicy {
+                delivery_timeout_ms: policy_ms(&settings.service.delivery_timeout),
+                ..RetryPolicy::default()
+            }),
             timer: Timer::default(),
-        };
-        Ok(Self {
-            consumer,
-            core,
-            health,
+            timer_bytes: 0,
+            targets,
+            parked: VecDeque::new(),
+            trusted: (String::new(), 0),
+            shared,
             shutdown_timeout: *settings.service.shutdown_timeout,
             commit_interval: *settings.service.commit_interval,
         })
     }
 
     /// Runs until `stop` is set, then flushes, commits and leaves the group.
+    /// Errors: a fatal producer error (the process should exit non-zero).
     pub fn run(mut self, stop: &AtomicBool) -> Result<(), EngineError> {
+        let span = tracing::info_span!("loop", topic = %self.topic);
+        let _entered = span.enter();
         let mut last_housekeeping = Instant::now();
         let mut last_gauges = Instant::now();
         let mut last_commit = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let now = now_ms();
-            let (c, core) = (&self.consumer, &mut self.core);
-            core.fire_timers(now);
-            core.wake_partitions(c, now);
-            core.handle_failures(now);
+            let mut turn = Turn::start();
+            self.fire_timers(now);
+            turn.step("timers");
+            self.wake_partitions(now);
+            turn.step("wake");
+            self.handle_failures(now);
+            self.resolve_parked(now);
+            turn.step("failures");
             if last_housekeeping.elapsed() >= HOUSEKEEPING {
                 last_housekeeping = Instant::now();
-                core.sleep_idle_partitions(c, now);
+                self.housekeeping(now);
+                turn.step("housekeeping");
             }
             if last_commit.elapsed() >= self.commit_interval {
                 last_commit = Instant::now();
-                core.commit_offsets(c);
+                self.commit();
             }
             if last_gauges.elapsed() >= GAUGES {
                 last_gauges = Instant::now();
-                core.refresh_gauges(c);
-                release_free_memory();
+                self.refresh_gauges();
+                turn.step("gauges");
+            }
+            if let Some(error) = self.failures.fatal() {
+                let error = EngineError::FatalProducer {
+                    topic: self.topic.clone(),
+                    error: error.to_owned(),
+                };
+                tracing::error!(%error);
+                self.shutdown();
+                return Err(error);
             }
             self.poll_burst(now);
-            self.core.handle_rebalances(&self.consumer, &self.health);
-            self.health.last_loop_ms.store(now_ms(), Ordering::Relaxed);
+            turn.step("poll");
+            self.handle_rebalances();
+            turn.step("rebalance");
+            turn.report(&self.topic);
+            self.loop_health()
+                .last_turn_ms
+                .store(now_ms(), Ordering::Relaxed);
         }
         self.shutdown();
         Ok(())
     }
 
+    fn loop_health(&self) -> &crate::health::LoopHealth {
+        &self.shared.health.loops[self.index].1
+    }
+
     fn poll_burst(&mut self, now: i64) {
-        let next = [self.core.timer.next_due(), self.core.next_wake()]
-            .into_iter()
-            .flatten()
-            .min()
-            .map_or(MAX_POLL, |t| {
-                Duration::from_millis((t - now).clamp(0, 50) as u64)
-            });
-        let mut timeout = next;
+        let next = [
+            self.timer.next_due(),
+            self.partitions.next_deadline(),
+            self.failures.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(MAX_POLL_MS, |t| (t - now).clamp(0, MAX_POLL_MS));
+        let mut timeout = Duration::from_millis(next as u64);
+        // A handle of our own: a polled record borrows the consumer while
+        // the loop's state is changed.
+        let consumer = self.consumer.clone();
         for _ in 0..BURST {
-            let Some(result) = self.consumer.poll(timeout) else {
+            let Some(result) = consumer.poll(timeout) else {
                 return;
             };
             timeout = Duration::ZERO;
             match result {
-                Ok(msg) => self.core.on_record(&self.consumer, &msg, now_ms()),
-                Err(KafkaError::PartitionEOF(_)) => {}
+                Ok(msg) => self.on_record(&msg, now_ms()),
+                Err(KafkaError::PartitionEOF(p)) => self.partitions.note_eof(p, now_ms()),
                 Err(error) => {
-                    tracing::warn!(%error, "consumer error");
+                    tracing::warn!(%error, topic = self.topic, "consumer error");
                     return;
                 }
             }
-            if self.events_pending() {
+            if consumer.context().events_pending.load(Ordering::Relaxed) {
                 return;
             }
         }
     }
 
-    fn events_pending(&self) -> bool {
-        self.consumer
-            .context()
-            .events_pending
-            .load(Ordering::Relaxed)
-    }
-
-    /// Graceful stop: flush produces, store and commit, leave the group.
-    fn shutdown(mut self) {
-        tracing::info!(timer = self.core.timer.len(), "shutting down");
-        if let Err(error) = self.core.forwarder.flush(self.shutdown_timeout) {
-            tracing::warn!(%error, "not every record was acknowledged before the deadline");
+    /// Periodic work: sleeping drained partitions, the watcher's report
+    /// (wake-ups, stalls), backpressure and dead-letter blocks, retries.
+    fn housekeeping(&mut self, now: i64) {
+        if let Role::Tier(tier) = self.role {
+            let table = &self.table;
+            self.partitions.sleep_drained(now, self.grace_ms, |p| {
+                let slot = table.slot_of_partition(tier, p);
+                table.next_turn_release(tier, slot, now)
+            });
         }
-        self.core.handle_failures(now_ms());
-        let _ = self.core.forwarder.flush(Duration::from_secs(1));
-        self.consumer
-            .context()
-            .commit_failed
-            .store(true, Ordering::Relaxed);
-        self.core.commit_offsets(&self.consumer);
-        // Dropping the consumer closes it: the revoke callback runs, the
-        // group is left.
-    }
-}
-
-impl Core {
-    fn next_wake(&self) -> Option<i64> {
-        self.partitions.values().filter_map(|p| p.wake_at).min()
-    }
-
-    fn topic_index(&self, topic: &str) -> Option<usize> {
-        self.topics.iter().position(|t| t == topic)
-    }
-
-    /// A record fresh from `poll`.
-    fn on_record(&mut self, c: &Client, msg: &rdkafka::message::BorrowedMessage<'_>, now: i64) {
-        let Some(topic) = self.topic_index(msg.topic()) else {
-            return;
-        };
-        let key = (topic, msg.partition());
-        let Some(state) = self.partitions.get_mut(&key) else {
-            tracing::debug!(
-                topic = msg.topic(),
-                partition = msg.partition(),
-                "record from an unassigned partition"
-            );
-            return;
-        };
-        state.last_offset = Some(msg.offset());
-        state.last_activity_ms = now;
-        let id = state.id;
-        let Some(tier) = state.tier else {
-            return self.process(msg, Source::Ingress, id, now);
-        };
-        if state.is_holding() {
-            state.held.push_back(msg.detach());
-            return;
-        }
-        let release = bucket_of(msg).map(|b| self.table.release_time(tier, b));
-        if let (Some(release), Some(appended)) = (release, msg.timestamp().to_millis()) {
-            if appended > release {
-                self.shared.metrics.late_append(tier);
-            }
-        }
-        match release {
-            Some(release) if release > now => {
-                let state = self.partitions.get_mut(&key).expect("present");
-                state.held.push_back(msg.detach());
-                self.pause(c, key, release);
-            }
-            _ => self.process(msg, Source::Tier(tier), id, now),
-        }
-    }
-
-    /// Routes one released record: dead letter, target, timer or tier.
-    fn process<M: Message + Detach>(&mut self, msg: &M, from: Source, id: Assignment, now: i64) {
-        let offset = msg.offset();
-        let Some(ticket) = self.shared.book_unacked().take(id, offset) else {
-            return;
-        };
-        let inflight = Inflight {
-            ticket,
-            kind: Kind::Target,
-        };
-        let headers = || {
-            msg.headers()
-                .into_iter()
-                .flat_map(|h| h.iter())
-                .map(|h| (h.key, h.value))
-        };
-        let parsed = match from {
-            Source::Ingress => {
-                let timestamp = msg.timestamp().to_millis();
-                let trusted = self.forwarder.last_target();
-                envelope::parse_ingress_trusting(headers(), timestamp, now, &self.policy, trusted)
-            }
-            Source::Tier(_) => envelope::parse_tier(headers()),
-        };
-        let env = match parsed {
-            Ok(env) if from == Source::Ingress && !self.forwarder.target_exists(env.target) => {
-                Err(EnvelopeError::UnknownTarget(env.target.to_owned()))
-            }
-            other => other,
-        };
-        let env = match env {
-            Ok(env) => env,
-            Err(error) => {
-                if from == Source::Ingress {
-                    self.shared.metrics.ingested(Outcome::DeadLettered);
+        if let Some(side) = &self.side {
+            self.loop_health()
+                .broker_ok_ms
+                .store(side.broker_ok_ms(), Ordering::Relaxed);
+            if let Some(report) = side.take_report() {
+                let outcome = self.partitions.apply_watch(&report, now, STALL_MS);
+                for p in &outcome.stalled {
+                    tracing::warn!(
+                        topic = self.topic,
+                        partition = p,
+                        "partition made no progress behind its end offset; resumed"
+                    );
+                    if let Role::Tier(tier) = self.role {
+                        self.shared.metrics.stall(tier);
+                    }
                 }
-                tracing::debug!(%error, offset, "dead-lettering record");
-                let why = error.to_string();
-                return self
-                    .forwarder
-                    .to_dead_letter(msg, error.reason(), &why, inflight);
             }
-        };
-        let outcome = match self.table.route(now, env.due_ms) {
-            Route::Deliver => {
-                fire(&mut self.timer, &self.forwarder, now);
-                self.forwarder.to_target(msg, &env, from, inflight, now);
-                Outcome::Delivered
-            }
-            Route::Timer => {
-                self.timer.schedule(
-                    env.due_ms,
-                    Scheduled {
-                        ticket,
-                        from,
-                        target: env.target.to_owned(),
-                        original_timestamp_ms: env.original_timestamp_ms,
-                        record: msg.to_owned_message(),
-                    },
-                );
-                Outcome::Timer
-            }
-            Route::Tier { tier, bucket, .. } => {
-                let slot = self.table.slot(tier, bucket);
-                let lane = key_lane(msg.key(), self.lanes, offset as u64);
-                let partition = self.table.partition(tier, slot, lane);
-                let inflight = Inflight {
-                    kind: Kind::Tier,
-                    ..inflight
-                };
-                self.forwarder
-                    .to_tier(msg, &env, (tier, bucket, partition), inflight, now);
-                Outcome::Tier
-            }
-        };
-        if from == Source::Ingress {
-            self.shared.metrics.ingested(outcome);
+        }
+        self.apply_flow(now);
+        if now - self.trusted.1 > TRUSTED_TARGET_MS {
+            self.trusted.0.clear();
         }
     }
 
-    /// Delivers every timer record that is due.
-    fn fire_timers(&mut self, now: i64) {
-        fire(&mut self.timer, &self.forwarder, now);
-    }
-
-    fn tpl(&self, (topic, partition): (usize, i32)) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topics[topic], partition);
-        tpl
-    }
-
-    fn pause(&mut self, c: &Client, key: (usize, i32), until: i64) {
-        if let Some(state) = self.partitions.get_mut(&key) {
-            state.wake_at = Some(until);
-        }
-        if let Err(error) = c.pause(&self.tpl(key)) {
-            tracing::warn!(%error, "pause failed");
-        }
-    }
-
-    /// Resumes partitions whose pause ended and drains their held records
-    /// up to the first one of a later turn.
-    fn wake_partitions(&mut self, c: &Client, now: i64) {
-        let due: Vec<(usize, i32)> = self
+    /// Throttles or resumes partitions by the caps, and blocks partitions
+    /// whose dead letters are refused.
+    fn apply_flow(&mut self, now: i64) {
+        let book = self.ledger.book();
+        self.failures.forget_done(|word| book.is_done(word));
+        let in_flight = book.in_flight();
+        let per_partition: Vec<(i32, usize, bool)> = self
             .partitions
             .iter()
-            .filter(|(_, p)| p.wake_at.is_some_and(|t| t <= now))
-            .map(|(k, _)| *k)
+            .map(|(p, part)| {
+                let blocked = self.failures.blocked().any(|a| a == part.id);
+                (p, book.in_flight_of(part.id), blocked)
+            })
             .collect();
-        for key in due {
-            let Some(state) = self.partitions.get_mut(&key) else {
-                continue;
-            };
-            state.wake_at = None;
-            state.last_activity_ms = now;
-            let (id, tier) = (state.id, state.tier.unwrap_or_default());
-            let mut paused_again = false;
-            while let Some(head) = self
-                .partitions
-                .get_mut(&key)
-                .and_then(|p| p.held.pop_front())
-            {
-                let release = bucket_of(&head).map(|b| self.table.release_time(tier, b));
-                if let Some(release) = release.filter(|&r| r > now) {
-                    self.partitions
-                        .get_mut(&key)
-                        .expect("present")
-                        .held
-                        .push_front(head);
-                    self.pause(c, key, release);
-                    paused_again = true;
-                    break;
-                }
-                self.process(&head, Source::Tier(tier), id, now);
+        drop(book);
+        let limits = &self.shared.limits;
+        limits.report(self.index, in_flight, self.timer.len(), self.timer_bytes);
+        let mut instance = limits.pressure();
+        if self.forwarder.queue_full() {
+            instance = flow::Pressure::Over;
+        }
+        let mut blocked_count = 0;
+        for (p, count, blocked) in per_partition {
+            let throttled = self.partitions.is_throttled(p);
+            let on = flow::throttle(throttled, instance, limits.partition_pressure(count));
+            self.partitions.set_throttled(p, on, now);
+            self.partitions.set_blocked(p, blocked, now);
+            blocked_count += usize::from(blocked);
+        }
+        self.loop_health()
+            .blocked
+            .store(blocked_count, Ordering::Relaxed);
+    }
+
+    /// Hands the acknowledged prefix of every moved partition to the committer.
+    fn commit(&mut self) {
+        let moved: Vec<(i32, i64)> = self
+            .ledger
+            .book()
+            .unstored()
+            .into_iter()
+            .map(|(_, p, o)| (p, o))
+            .collect();
+        if let (false, Some(side)) = (moved.is_empty(), &self.side) {
+            side.committer().commit(moved);
+        }
+    }
+
+    fn refresh_gauges(&mut self) {
+        let metrics = &self.shared.metrics;
+        let (throttled, blocked) = self.partitions.pauses();
+        metrics.set_source(
+            self.role.source(),
+            SourceGauges {
+                assigned: self.partitions.len(),
+                throttled,
+                blocked,
+                in_flight: self.ledger.book().in_flight(),
+                timer_records: self.timer.len(),
+                timer_bytes: self.timer_bytes,
+            },
+        );
+        if let Role::Tier(tier) = self.role {
+            let (paused, stalled) = self.partitions.counts();
+            metrics.set_tier_partitions(tier, paused, stalled);
+            metrics.set_oldest_due(tier, self.partitions.oldest_held_due());
+            metrics.set_pending(tier, self.partitions.pending());
+        }
+        if self.role == Role::Ingress {
+            self.shared.clock.rotate();
+            release_free_memory();
+        }
+    }
+
+    /// Graceful stop: flush produces, commit, stop the watcher threads,
+    /// leave the group.
+    fn shutdown(mut self) {
+        tracing::info!(
+            topic = self.topic,
+            timer = self.timer.len(),
+            "shutting down"
+        );
+        if let Err(error) = self.forwarder.flush(self.shutdown_timeout) {
+            tracing::warn!(%error, "not every record was acknowledged before the deadline");
+        }
+        let positions: Vec<(i32, i64)> = self
+            .ledger
+            .book()
+            .positions()
+            .into_iter()
+            .map(|(_, p, o)| (p, o))
+            .collect();
+        let context = self.consumer.context();
+        let committer = context
+            .committer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(c) = committer {
+            if !positions.is_empty() && !c.commit_and_wait(positions, Duration::from_secs(5)) {
+                tracing::warn!(topic = self.topic, "final commit not confirmed");
             }
-            if !paused_again {
-                if let Err(error) = c.resume(&self.tpl(key)) {
-                    tracing::warn!(%error, "resume failed");
-                }
-            }
+        }
+        if let Some(side) = self.side.take() {
+            side.stop();
+        }
+        self.targets.take();
+        // Dropping the last handle on the consumer closes it: the revoke
+        // callback runs and the group is left.
+    }
+}
+
+/// Times the steps of one loop turn; a turn far longer than a poll wait is
+/// logged with its slowest step (the loop must never wait on the network).
+struct Turn {
+    start: Instant,
+    last: Instant,
+    slowest: (&'static str, Duration),
+}
+
+/// A turn longer than this is logged.
+const SLOW_TURN: Duration = Duration::from_millis(1_000);
+
+impl Turn {
+    fn start() -> Self {
+        let now = Instant::now();
+        Self {
+            start: now,
+            last: now,
+            slowest: ("", Duration::ZERO),
+        }
+    }
+
+    fn step(&mut self, name: &'static str) {
+        let now = Instant::now();
+        let took = now - self.last;
+        if took > self.slowest.1 {
+            self.slowest = (name, took);
+        }
+        self.last = now;
+    }
+
+    fn report(&self, topic: &str) {
+        let total = self.start.elapsed();
+        if total > SLOW_TURN {
+            tracing::warn!(
+                topic,
+                total_ms = total.as_millis() as u64,
+                slowest = self.slowest.0,
+                slowest_ms = self.slowest.1.as_millis() as u64,
+                "slow consumer loop turn"
+            );
         }
     }
 }
 
-/// Forwards every timer record due at `now`.
-fn fire(timer: &mut Timer<Scheduled>, forwarder: &Forwarder, now: i64) {
-    while let Some((due_ms, s)) = timer.pop_due(now) {
-        let env = Envelope {
-            due_ms,
-            target: &s.target,
-            original_timestamp_ms: s.original_timestamp_ms,
-            bucket: None,
-        };
-        let inflight = Inflight {
-            ticket: s.ticket,
-            kind: Kind::Target,
-        };
-        forwarder.to_target(&s.record, &env, s.from, inflight, now_ms());
+/// Hands freed heap pages back to the kernel. After a burst, glibc keeps the
+/// memory librdkafka's queues used; without this the resident set would
+/// stay at the burst's peak although nothing is held (pending records live
+/// in Kafka). `malloc_trim` returns quickly when there is nothing to give back.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap structures.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

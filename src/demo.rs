@@ -111,7 +111,9 @@ pub fn run() -> anyhow::Result<i64> {
 
     let mut consumer_settings = settings.clone();
     consumer_settings.kafka.group_id = format!("{prefix}reader");
-    let reader: BaseConsumer = kafka::consumer_config(&consumer_settings).create()?;
+    let reader: BaseConsumer =
+        kafka::consumer_config(&consumer_settings, &consumer_settings.kafka.group_id, false)
+            .create()?;
     reader.subscribe(&[&target])?;
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka::producer_config(&settings).create()?;

@@ -3,9 +3,12 @@
 //! Ingress records carry `x-delay` (ms after the record timestamp),
 //! `x-deliver-at` (epoch ms or RFC 3339) and `x-target-topic`. Tier records
 //! carry the service's own headers (`x-delay-due-at`, `x-delay-target`,
-//! `x-delay-bucket`, `x-delay-original-timestamp`). Every way a header can be
-//! wrong is an [`EnvelopeError`] variant whose text goes into the
-//! `x-delay-error` header of the dead letter.
+//! `x-delay-bucket`, `x-delay-original-timestamp`). Header keys and values
+//! are bytes (a Kafka header key need not be UTF-8); every way a header can
+//! be wrong is an [`EnvelopeError`] variant whose text goes into the
+//! `x-delay-error` header of the dead letter. Error texts quote at most
+//! [`QUOTE_BYTES`] bytes of a bad value, so a dead letter never grows by
+//! more than a few hundred bytes.
 
 use regex::Regex;
 use thiserror::Error;
@@ -18,6 +21,8 @@ pub const DELIVER_AT: &str = "x-deliver-at";
 pub const TARGET_TOPIC: &str = "x-target-topic";
 /// On dead letters: why the record was rejected, in plain words.
 pub const ERROR: &str = "x-delay-error";
+/// On truncated dead letters: what was cut to make the copy fit.
+pub const TRUNCATED: &str = "x-delay-truncated";
 /// On delivered records: the due time, epoch ms.
 pub const SCHEDULED_AT: &str = "x-delay-scheduled-at";
 /// On delivered and tier records: the ingress record's timestamp, epoch ms.
@@ -29,9 +34,14 @@ pub const TARGET: &str = "x-delay-target";
 /// On tier records: the bucket the record was written to (epoch ms / tick).
 pub const BUCKET: &str = "x-delay-bucket";
 
+/// The routing headers a producer sets.
+pub const ROUTING_HEADERS: [&str; 3] = [DELAY, DELIVER_AT, TARGET_TOPIC];
+
 /// Headers the service owns: never copied from an input record to a tier or
-/// target record (fresh values are written instead).
-pub const OWNED_HEADERS: [&str; 8] = [
+/// target record (fresh values are written instead). A producer-set
+/// `x-delay-error` or `x-delay-truncated` is dropped too, so a dead letter
+/// carries only the service's own.
+pub const OWNED_HEADERS: [&str; 10] = [
     DELAY,
     DELIVER_AT,
     TARGET_TOPIC,
@@ -40,12 +50,40 @@ pub const OWNED_HEADERS: [&str; 8] = [
     DUE_AT,
     TARGET,
     BUCKET,
+    ERROR,
+    TRUNCATED,
 ];
 
 /// True if `key` is one of [`OWNED_HEADERS`].
-pub fn is_owned_header(key: &str) -> bool {
-    OWNED_HEADERS.contains(&key)
+pub fn is_owned_header(key: &[u8]) -> bool {
+    key.starts_with(b"x-") && OWNED_HEADERS.iter().any(|h| h.as_bytes() == key)
 }
+
+/// Bytes of a bad value quoted in an error text.
+pub const QUOTE_BYTES: usize = 64;
+/// Characters of the escaped quote (control bytes escape to several).
+const QUOTE_CHARS: usize = 80;
+
+/// `raw` for an error text: at most [`QUOTE_BYTES`] bytes, escaped, at most
+/// [`QUOTE_CHARS`] characters, with the full length when cut.
+pub fn quote(raw: &[u8]) -> String {
+    let shown = &raw[..raw.len().min(QUOTE_BYTES)];
+    let lossy = String::from_utf8_lossy(shown);
+    let mut escaped = lossy.escape_debug();
+    let text: String = escaped.by_ref().take(QUOTE_CHARS).collect();
+    let cut = raw.len() > QUOTE_BYTES || escaped.next().is_some();
+    if cut {
+        format!("\"{text}\"… ({} bytes)", raw.len())
+    } else {
+        format!("\"{text}\"")
+    }
+}
+
+/// Epoch-millisecond values below this (1973-03-03) that are at least
+/// [`SECONDS_FLOOR`] look like epoch *seconds* of 2001–5138.
+const SECONDS_CEILING: i64 = 100_000_000_000;
+/// 1e9: epoch seconds of September 2001; as milliseconds, January 1970.
+const SECONDS_FLOOR: i64 = 1_000_000_000;
 
 /// A parsed ingress or tier record: when and where to deliver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,25 +98,36 @@ pub struct Envelope<'a> {
     pub bucket: Option<i64>,
 }
 
-/// Why a record cannot be scheduled. The `Display` text is the dead letter's
-/// `x-delay-error` header; [`EnvelopeError::reason`] is the metric label.
+/// Why a record cannot be scheduled or delivered. The `Display` text is the
+/// dead letter's `x-delay-error` header; [`EnvelopeError::reason`] is the
+/// metric label.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum EnvelopeError {
-    #[error("x-delay must be ASCII decimal milliseconds, got {0:?}")]
+    #[error("x-delay must be ASCII decimal milliseconds, got {0}")]
     DelayNotNumber(String),
-    #[error("x-delay is negative: {0:?}")]
+    #[error("x-delay is negative: {0}")]
     DelayNegative(String),
-    #[error("x-delay or x-deliver-at is too large to represent: {0:?}")]
+    #[error("x-delay or x-deliver-at is too large to represent: {0}")]
     DelayOverflow(String),
-    #[error("x-deliver-at must be epoch milliseconds or RFC 3339, got {0:?}")]
+    #[error("x-deliver-at must be epoch milliseconds or RFC 3339, got {0}")]
     DeliverAtInvalid(String),
+    #[error(
+        "x-deliver-at {0} looks like epoch seconds; it must be epoch milliseconds \
+         (multiply by 1000) or RFC 3339"
+    )]
+    DeliverAtInSeconds(String),
     #[error("both x-delay and x-deliver-at are set; give one")]
     BothDelayHeaders,
     #[error("header {0} is given more than once")]
     DuplicateHeader(&'static str),
+    #[error(
+        "header key {key} is not exactly {routing}: routing header keys are lower-case ASCII \
+         without spaces or other bytes"
+    )]
+    LookalikeHeader { key: String, routing: &'static str },
     #[error("no x-target-topic header and no default target is configured")]
     MissingTarget,
-    #[error("target topic {0:?} is not a valid Kafka topic name")]
+    #[error("target topic {0} is not a valid Kafka topic name")]
     InvalidTarget(String),
     #[error("target topic {0:?} is forbidden: {1}")]
     ForbiddenTarget(String, &'static str),
@@ -88,8 +137,12 @@ pub enum EnvelopeError {
     UnknownTarget(String),
     #[error("delivery to target topic failed permanently: {0}")]
     DeliveryFailed(String),
+    #[error("the record is too large to deliver once the service's headers are added: {0}")]
+    TooLarge(String),
     #[error("tier record is missing or has a corrupt {0} header")]
     CorruptTierRecord(&'static str),
+    #[error("tier record does not belong in this partition: {0}")]
+    MisplacedTierRecord(String),
 }
 
 impl EnvelopeError {
@@ -99,29 +152,33 @@ impl EnvelopeError {
             Self::DelayNotNumber(_) | Self::DelayNegative(_) | Self::DelayOverflow(_) => {
                 "invalid_delay"
             }
-            Self::DeliverAtInvalid(_) => "invalid_deliver_at",
+            Self::DeliverAtInvalid(_) | Self::DeliverAtInSeconds(_) => "invalid_deliver_at",
             Self::BothDelayHeaders | Self::DuplicateHeader(_) => "conflicting_headers",
+            Self::LookalikeHeader { .. } => "lookalike_header",
             Self::MissingTarget => "missing_target",
             Self::InvalidTarget(_) => "invalid_target",
             Self::ForbiddenTarget(..) => "forbidden_target",
             Self::BeyondMaxDelay { .. } => "beyond_max_delay",
             Self::UnknownTarget(_) => "unknown_target",
             Self::DeliveryFailed(_) => "delivery_failed",
-            Self::CorruptTierRecord(_) => "corrupt_tier_record",
+            Self::TooLarge(_) => "too_large",
+            Self::CorruptTierRecord(_) | Self::MisplacedTierRecord(_) => "corrupt_tier_record",
         }
     }
 
     /// Every metric label [`EnvelopeError::reason`] can return.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 13] = [
         "invalid_delay",
         "invalid_deliver_at",
         "conflicting_headers",
+        "lookalike_header",
         "missing_target",
         "invalid_target",
         "forbidden_target",
         "beyond_max_delay",
         "unknown_target",
         "delivery_failed",
+        "too_large",
         "corrupt_tier_record",
         "other",
     ];
@@ -142,9 +199,11 @@ pub struct TargetPolicy {
 }
 
 impl TargetPolicy {
-    fn check<'a>(&self, target: &'a str) -> Result<&'a str, EnvelopeError> {
+    /// Checks `target` against every rule. Errors: `InvalidTarget`,
+    /// `ForbiddenTarget`.
+    pub fn check<'a>(&self, target: &'a str) -> Result<&'a str, EnvelopeError> {
         if !is_valid_topic_name(target) {
-            return Err(EnvelopeError::InvalidTarget(target.to_owned()));
+            return Err(EnvelopeError::InvalidTarget(quote(target.as_bytes())));
         }
         if target.starts_with("__") {
             return Err(EnvelopeError::ForbiddenTarget(
@@ -167,6 +226,17 @@ impl TargetPolicy {
             }
         }
         Ok(target)
+    }
+
+    fn check_delay(&self, due_ms: i64, now_ms: i64) -> Result<(), EnvelopeError> {
+        let delay_ms = due_ms.saturating_sub(now_ms);
+        if delay_ms > self.max_delay_ms {
+            return Err(EnvelopeError::BeyondMaxDelay {
+                delay_ms,
+                max_ms: self.max_delay_ms,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -196,32 +266,53 @@ fn parse_digits(raw: &[u8]) -> Option<Result<i64, ()>> {
     )
 }
 
-fn lossy(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).into_owned()
-}
-
 fn parse_delay(raw: &[u8]) -> Result<i64, EnvelopeError> {
     match parse_digits(raw) {
         Some(Ok(ms)) => Ok(ms),
-        Some(Err(())) => Err(EnvelopeError::DelayOverflow(lossy(raw))),
+        Some(Err(())) => Err(EnvelopeError::DelayOverflow(quote(raw))),
         None if raw.first() == Some(&b'-') && parse_digits(&raw[1..]).is_some() => {
-            Err(EnvelopeError::DelayNegative(lossy(raw)))
+            Err(EnvelopeError::DelayNegative(quote(raw)))
         }
-        None => Err(EnvelopeError::DelayNotNumber(lossy(raw))),
+        None => Err(EnvelopeError::DelayNotNumber(quote(raw))),
     }
 }
 
 fn parse_deliver_at(raw: &[u8]) -> Result<i64, EnvelopeError> {
     match parse_digits(raw) {
+        Some(Ok(ms)) if (SECONDS_FLOOR..SECONDS_CEILING).contains(&ms) => {
+            return Err(EnvelopeError::DeliverAtInSeconds(quote(raw)))
+        }
         Some(Ok(ms)) => return Ok(ms),
-        Some(Err(())) => return Err(EnvelopeError::DelayOverflow(lossy(raw))),
+        Some(Err(())) => return Err(EnvelopeError::DelayOverflow(quote(raw))),
         None => {}
     }
-    let text = std::str::from_utf8(raw).map_err(|_| EnvelopeError::DeliverAtInvalid(lossy(raw)))?;
+    let invalid = || EnvelopeError::DeliverAtInvalid(quote(raw));
+    let text = std::str::from_utf8(raw).map_err(|_| invalid())?;
     let instant = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| EnvelopeError::DeliverAtInvalid(text.to_owned()))?;
+        .map_err(|_| invalid())?;
     i64::try_from(instant.unix_timestamp_nanos().div_euclid(1_000_000))
-        .map_err(|_| EnvelopeError::DelayOverflow(text.to_owned()))
+        .map_err(|_| EnvelopeError::DelayOverflow(quote(raw)))
+}
+
+/// The routing header `key` resembles without being it: equal after ASCII
+/// lower-casing, trimming spaces and control bytes (NUL included) from both
+/// ends, and cutting at the first NUL.
+fn lookalike(key: &[u8], names: &[&'static str]) -> Option<&'static str> {
+    if key.len() > 64 || !key.iter().any(|b| matches!(b, b'x' | b'X')) {
+        return None;
+    }
+    let cut = key.split(|&b| b == 0).next().unwrap_or_default();
+    let start = cut.iter().position(|b| !is_blank(*b))?;
+    let end = cut.iter().rposition(|b| !is_blank(*b))? + 1;
+    let core = &cut[start..end];
+    names
+        .iter()
+        .copied()
+        .find(|name| core.eq_ignore_ascii_case(name.as_bytes()) && key != name.as_bytes())
+}
+
+fn is_blank(b: u8) -> bool {
+    b.is_ascii_whitespace() || b.is_ascii_control()
 }
 
 /// Stores `value` in `slot`, rejecting a second occurrence of header `name`.
@@ -239,12 +330,12 @@ fn once<'a>(
 
 /// Parses an ingress record's routing headers.
 ///
-/// `headers` yields (key, value) pairs in record order; `timestamp_ms` is the
-/// record timestamp (None: use `now_ms`). A due time in the past means
-/// "deliver now". Errors: every [`EnvelopeError`] variant except
-/// `UnknownTarget`, `DeliveryFailed` and `CorruptTierRecord`.
+/// `headers` yields (key, value) byte pairs in record order; `timestamp_ms`
+/// is the record timestamp (None: use `now_ms`). A due time in the past
+/// means "deliver now". Errors: every [`EnvelopeError`] variant except
+/// `UnknownTarget`, `DeliveryFailed`, `TooLarge` and the tier-record ones.
 pub fn parse_ingress<'a>(
-    headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+    headers: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     timestamp_ms: Option<i64>,
     now_ms: i64,
     policy: &'a TargetPolicy,
@@ -256,7 +347,7 @@ pub fn parse_ingress<'a>(
 /// `trusted` (a target the caller already accepted): most records go to a
 /// few topics, and the checks cost a few percent of the consumer loop.
 pub fn parse_ingress_trusting<'a>(
-    headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+    headers: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     timestamp_ms: Option<i64>,
     now_ms: i64,
     policy: &'a TargetPolicy,
@@ -265,10 +356,17 @@ pub fn parse_ingress_trusting<'a>(
     let (mut delay, mut deliver_at, mut target) = (None, None, None);
     for (key, value) in headers {
         match key {
-            DELAY => once(&mut delay, DELAY, value)?,
-            DELIVER_AT => once(&mut deliver_at, DELIVER_AT, value)?,
-            TARGET_TOPIC => once(&mut target, TARGET_TOPIC, value)?,
-            _ => {}
+            b"x-delay" => once(&mut delay, DELAY, value)?,
+            b"x-deliver-at" => once(&mut deliver_at, DELIVER_AT, value)?,
+            b"x-target-topic" => once(&mut target, TARGET_TOPIC, value)?,
+            _ => {
+                if let Some(routing) = lookalike(key, &ROUTING_HEADERS) {
+                    return Err(EnvelopeError::LookalikeHeader {
+                        key: quote(key),
+                        routing,
+                    });
+                }
+            }
         }
     }
     let timestamp = timestamp_ms.unwrap_or(now_ms);
@@ -276,13 +374,13 @@ pub fn parse_ingress_trusting<'a>(
         (Some(_), Some(_)) => return Err(EnvelopeError::BothDelayHeaders),
         (Some(raw), None) => timestamp
             .checked_add(parse_delay(raw)?)
-            .ok_or_else(|| EnvelopeError::DelayOverflow(lossy(raw)))?,
+            .ok_or_else(|| EnvelopeError::DelayOverflow(quote(raw)))?,
         (None, Some(raw)) => parse_deliver_at(raw)?,
         (None, None) => timestamp,
     };
     let target = match target {
         Some(raw) => {
-            std::str::from_utf8(raw).map_err(|_| EnvelopeError::InvalidTarget(lossy(raw)))?
+            std::str::from_utf8(raw).map_err(|_| EnvelopeError::InvalidTarget(quote(raw)))?
         }
         None => policy
             .default_target
@@ -294,13 +392,7 @@ pub fn parse_ingress_trusting<'a>(
     } else {
         policy.check(target)?
     };
-    let delay_ms = due_ms.saturating_sub(now_ms);
-    if delay_ms > policy.max_delay_ms {
-        return Err(EnvelopeError::BeyondMaxDelay {
-            delay_ms,
-            max_ms: policy.max_delay_ms,
-        });
-    }
+    policy.check_delay(due_ms, now_ms)?;
     Ok(Envelope {
         due_ms,
         target,
@@ -309,21 +401,47 @@ pub fn parse_ingress_trusting<'a>(
     })
 }
 
-/// Parses the service's own headers on a tier record. Errors:
-/// [`EnvelopeError::CorruptTierRecord`] naming the bad header.
+/// Where a tier record was read: its tier's tick and slot count, and the
+/// slot of its partition.
+#[derive(Debug, Clone, Copy)]
+pub struct TierSlot {
+    pub tick_ms: i64,
+    pub slots: i64,
+    pub slot: i64,
+}
+
+/// Buckets a tier record may lie beyond the tier's horizon: writers' clocks
+/// ahead of ours.
+const HORIZON_SLACK_BUCKETS: i64 = 2;
+
+/// Parses and checks the service's own headers on a tier record read from
+/// `place` at `now_ms`: each header exactly once; the bucket in the
+/// partition's slot, not after the due time and within the tier's horizon;
+/// the due time within the maximum delay; the target allowed by `policy`.
+/// A record written straight into a tier topic by someone else is caught
+/// here and dead-lettered instead of blocking its partition.
+///
+/// Errors: `CorruptTierRecord`, `MisplacedTierRecord`, `BeyondMaxDelay`,
+/// `InvalidTarget`, `ForbiddenTarget`.
 pub fn parse_tier<'a>(
-    headers: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
+    headers: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    place: TierSlot,
+    now_ms: i64,
+    policy: &TargetPolicy,
 ) -> Result<Envelope<'a>, EnvelopeError> {
     let (mut due, mut target, mut bucket, mut original) = (None, None, None, None);
     for (key, value) in headers {
-        let value = value.unwrap_or_default();
-        match key {
-            DUE_AT => due = Some(value),
-            TARGET => target = Some(value),
-            BUCKET => bucket = Some(value),
-            ORIGINAL_TIMESTAMP => original = Some(value),
-            _ => {}
+        let (slot, name) = match key {
+            b"x-delay-due-at" => (&mut due, DUE_AT),
+            b"x-delay-target" => (&mut target, TARGET),
+            b"x-delay-bucket" => (&mut bucket, BUCKET),
+            b"x-delay-original-timestamp" => (&mut original, ORIGINAL_TIMESTAMP),
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(EnvelopeError::CorruptTierRecord(name));
         }
+        *slot = Some(value.unwrap_or_default());
     }
     let number = |raw: Option<&[u8]>, name| match raw.and_then(parse_digits) {
         Some(Ok(n)) => Ok(n),
@@ -331,14 +449,30 @@ pub fn parse_tier<'a>(
     };
     let target = target
         .and_then(|raw| std::str::from_utf8(raw).ok())
-        .filter(|t| is_valid_topic_name(t))
         .ok_or(EnvelopeError::CorruptTierRecord(TARGET))?;
-    Ok(Envelope {
+    let env = Envelope {
         due_ms: number(due, DUE_AT)?,
-        target,
+        target: policy.check(target)?,
         original_timestamp_ms: number(original, ORIGINAL_TIMESTAMP)?,
         bucket: Some(number(bucket, BUCKET)?),
-    })
+    };
+    let bucket = env.bucket.unwrap_or_default();
+    let misplaced = |why: String| Err(EnvelopeError::MisplacedTierRecord(why));
+    if bucket.rem_euclid(place.slots) != place.slot {
+        return misplaced(format!(
+            "bucket {bucket} is in slot {}, the partition serves slot {}",
+            bucket.rem_euclid(place.slots),
+            place.slot
+        ));
+    }
+    if bucket > env.due_ms.div_euclid(place.tick_ms) {
+        return misplaced(format!("bucket {bucket} starts after the due time"));
+    }
+    if bucket - now_ms.div_euclid(place.tick_ms) >= place.slots + HORIZON_SLACK_BUCKETS {
+        return misplaced(format!("bucket {bucket} lies beyond the tier's horizon"));
+    }
+    policy.check_delay(env.due_ms, now_ms)?;
+    Ok(env)
 }
 
 #[cfg(test)]

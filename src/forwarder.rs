@@ -1,77 +1,36 @@
-//! The forwarder: produces tier, target and dead-letter records, and turns
-//! broker acknowledgements into offset marks.
+//! The forwarder: produces target, tier and dead-letter records for one
+//! consumer loop and turns broker acknowledgements into offset marks.
 //!
-//! One idempotent `ThreadedProducer` (`acks=all`); its delivery callback
-//! marks the source offset done in the shared [`Book`] or, on failure, queues
-//! the record for the consumer loop to retry or dead-letter. Nothing is
-//! marked done before the broker acknowledged it, so a crash loses nothing.
+//! One idempotent producer per consumer loop (`acks=all`). Its delivery
+//! callback, on the producer's own thread, marks the source offset done in
+//! the loop's [`Ledger`] or queues the record as a [`Failure`];
+//! [`failures`] decides what happens to it (retry with back-off, dead
+//! letter, stop the partition). Nothing is marked done before the broker
+//! acknowledged it, so a crash loses nothing.
+//!
+//! Headers are bytes throughout ([`native`]): a key that is not UTF-8 or
+//! holds a NUL byte passes through unchanged. When librdkafka's queue is
+//! full the record is kept here ([`Forwarder::queue_full`]) and the loop
+//! pauses its sources while it keeps polling; nothing blocks.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+pub mod failures;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Message};
+use rdkafka::message::{BorrowedMessage, OwnedMessage};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message, Timestamp};
 
-use crate::envelope::{self, Envelope};
+use crate::clock::{now_ms, OffsetEstimator};
+use crate::envelope::{self, Envelope, EnvelopeError};
+use crate::ledger::{Ledger, Ticket};
 use crate::metrics::{Metrics, Source};
-use crate::offsets::{Book, Ticket};
+use crate::native::{self, HeaderView, OutHeaders, Outgoing, RecordHeaders, TopicHandle};
 
-/// State shared by the consumer loop, the delivery callback and the
-/// rebalance callback.
-///
-/// Only the consumer-loop thread (which also runs the rebalance callbacks)
-/// locks the book, so it is never contended; the producer's thread appends
-/// acknowledgements to a list the loop swaps out in one go
-/// ([`Shared::book`]).
-pub struct Shared {
-    /// Offsets of every assigned source partition.
-    book: Mutex<Book>,
-    /// Acknowledged (assignment id, source offset) pairs not yet applied.
-    acks: Mutex<Vec<Ticket>>,
-    /// Records whose produce failed, for the consumer loop.
-    failures: Mutex<Vec<Failure>>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Shared {
-    /// New shared state around `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self {
-            book: Mutex::new(Book::default()),
-            acks: Mutex::new(Vec::with_capacity(4096)),
-            failures: Mutex::new(Vec::new()),
-            metrics,
-        })
-    }
-
-    /// Locks the book as it is (enough to take new offsets).
-    pub fn book_unacked(&self) -> MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Locks the book with every acknowledgement received so far applied
-    /// (a panic elsewhere never loses the offsets).
-    pub fn book(&self) -> MutexGuard<'_, Book> {
-        let mut book = self.book_unacked();
-        let acks = std::mem::take(&mut *self.acks.lock().unwrap_or_else(PoisonError::into_inner));
-        for ticket in acks {
-            book.done(ticket);
-        }
-        book
-    }
-
-    fn failures(&self) -> MutexGuard<'_, Vec<Failure>> {
-        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Takes the queued failures.
-    pub fn take_failures(&self) -> Vec<Failure> {
-        std::mem::take(&mut *self.failures())
-    }
-}
+pub use failures::{Failure, Failures};
 
 /// What a produced record is, for its acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,73 +39,163 @@ pub enum Kind {
     Target,
     /// A write into a tier.
     Tier,
-    /// A dead letter.
+    /// A dead letter, byte-for-byte plus `x-delay-error`.
     DeadLetter,
+    /// A dead letter cut down to fit (see [`envelope::TRUNCATED`]).
+    TruncatedDeadLetter,
 }
 
-/// The source record a produce came from (its [`Ticket`]) and what the
-/// produce is. Travels as the producer's delivery opaque, packed into one
-/// `usize`: no allocation per record.
+impl Kind {
+    /// Index into [`crate::metrics::KINDS`].
+    pub fn metric_index(self) -> usize {
+        match self {
+            Kind::Target => 0,
+            Kind::Tier => 1,
+            Kind::DeadLetter | Kind::TruncatedDeadLetter => 2,
+        }
+    }
+}
+
+/// The source record a produce came from (its [`Ticket`]), what the produce
+/// is and, for dead letters, the reason (index into
+/// [`EnvelopeError::REASONS`]). Travels as the producer's delivery opaque,
+/// packed into one `usize`: no allocation per record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inflight {
     pub ticket: Ticket,
     pub kind: Kind,
+    pub reason: u8,
 }
 
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("kafka-delay packs delivery opaques into 64-bit words");
 
 impl Inflight {
+    /// A produce of `kind` for `ticket`.
+    pub fn new(ticket: Ticket, kind: Kind) -> Self {
+        Self {
+            ticket,
+            kind,
+            reason: 0,
+        }
+    }
+
     fn pack(self) -> usize {
-        let tag = match self.kind {
+        let kind = match self.kind {
             Kind::Target => 0,
             Kind::Tier => 1,
             Kind::DeadLetter => 2,
+            Kind::TruncatedDeadLetter => 3,
         };
-        self.ticket.with_tag(tag) as usize
+        self.ticket.with_tag(kind | (self.reason & 0xf) << 2) as usize
     }
 
     fn unpack(word: usize) -> Self {
         let (ticket, tag) = Ticket::from_tagged(word as u64);
-        let kind = match tag {
+        let kind = match tag & 3 {
             0 => Kind::Target,
             1 => Kind::Tier,
-            _ => Kind::DeadLetter,
+            2 => Kind::DeadLetter,
+            _ => Kind::TruncatedDeadLetter,
         };
-        Self { ticket, kind }
+        Self {
+            ticket,
+            kind,
+            reason: tag >> 2,
+        }
     }
 }
 
-/// A produce the broker did not acknowledge.
-pub struct Failure {
-    pub inflight: Inflight,
-    pub record: OwnedMessage,
-    pub error: KafkaError,
+/// A record as the forwarder reads it: key, value, timestamp and byte headers.
+pub trait Record: RecordHeaders {
+    fn key_bytes(&self) -> Option<&[u8]>;
+    fn value_bytes(&self) -> Option<&[u8]>;
+    /// Record timestamp, epoch ms, when it has one.
+    fn timestamp_ms(&self) -> Option<i64>;
 }
 
-impl Failure {
-    /// True when retrying cannot help: the target is missing, forbidden or
-    /// refuses the record.
-    pub fn is_permanent(&self) -> bool {
-        use RDKafkaErrorCode as C;
-        matches!(
-            self.error.rdkafka_error_code(),
-            Some(
-                C::UnknownTopicOrPartition
-                    | C::UnknownTopic
-                    | C::TopicAuthorizationFailed
-                    | C::MessageSizeTooLarge
-                    | C::InvalidRecord
-                    | C::InvalidTopic
-                    | C::MessageBatchTooLarge
-            )
-        )
+impl Record for BorrowedMessage<'_> {
+    fn key_bytes(&self) -> Option<&[u8]> {
+        self.key()
+    }
+    fn value_bytes(&self) -> Option<&[u8]> {
+        self.payload()
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp().to_millis()
     }
 }
 
-/// The producer's context: acknowledgements mark offsets done.
+impl Record for OwnedMessage {
+    fn key_bytes(&self) -> Option<&[u8]> {
+        self.key()
+    }
+    fn value_bytes(&self) -> Option<&[u8]> {
+        self.payload()
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        self.timestamp().to_millis()
+    }
+}
+
+/// A record the forwarder owns outright: a produce that failed or waits for
+/// room in librdkafka's queue.
+pub struct OwnedRecord {
+    pub topic: String,
+    /// Partition, or None for the partitioner.
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: i64,
+    pub headers: OutHeaders,
+}
+
+impl RecordHeaders for OwnedRecord {
+    fn header_view(&self) -> HeaderView<'_> {
+        HeaderView::of(&self.headers)
+    }
+}
+
+impl Record for OwnedRecord {
+    fn key_bytes(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    fn value_bytes(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+    fn timestamp_ms(&self) -> Option<i64> {
+        Some(self.timestamp_ms)
+    }
+}
+
+impl OwnedRecord {
+    /// Copies a produced record (from a delivery report).
+    fn of(msg: &BorrowedMessage<'_>, partition: Option<i32>) -> Self {
+        Self {
+            topic: msg.topic().to_owned(),
+            partition,
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().map(<[u8]>::to_vec),
+            timestamp_ms: msg.timestamp().to_millis().unwrap_or(0),
+            headers: copy_headers(msg, 0, |_| true),
+        }
+    }
+
+    /// Key, value and header bytes.
+    pub fn byte_size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self.headers.byte_size()
+    }
+}
+
+/// The producer's context: acknowledgements mark offsets done; failures are
+/// queued for the consumer loop.
 pub struct DeliveryContext {
-    shared: Arc<Shared>,
+    ledger: Arc<Ledger>,
+    failures: Arc<Mutex<Vec<Failure>>>,
+    metrics: Arc<Metrics>,
+    clock: Arc<OffsetEstimator>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -157,257 +206,331 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let inflight = Inflight::unpack(opaque);
         match result {
-            Ok(_) => {
-                if inflight.kind == Kind::Target {
-                    self.shared.metrics.delivered();
+            Ok(msg) => {
+                match inflight.kind {
+                    Kind::Target => self.metrics.delivered(),
+                    Kind::Tier => {
+                        if let Timestamp::LogAppendTime(broker_ms) = msg.timestamp() {
+                            self.clock.sample(now_ms(), broker_ms);
+                        }
+                    }
+                    Kind::DeadLetter | Kind::TruncatedDeadLetter => {
+                        self.metrics.dead_lettered(usize::from(inflight.reason));
+                    }
                 }
-                self.shared
-                    .acks
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(inflight.ticket);
+                self.ledger.acknowledge(inflight.ticket);
             }
-            Err((error, message)) => {
+            Err((error, msg)) => {
                 let code = error
                     .rdkafka_error_code()
                     .map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}"));
-                self.shared.metrics.produce_error(&code);
-                self.shared.failures().push(Failure {
-                    inflight,
-                    record: message.detach(),
-                    error: error.clone(),
-                });
+                self.metrics.produce_error(&code);
+                let partition = (inflight.kind != Kind::Target).then(|| msg.partition());
+                self.failures
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Failure {
+                        inflight,
+                        record: OwnedRecord::of(msg, partition),
+                        error: error.clone(),
+                    });
             }
         }
     }
-}
-
-/// How long a negative "target exists" answer is trusted.
-const MISSING_TARGET_TTL: Duration = Duration::from_secs(10);
-/// Timeout of one metadata request for a target topic.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Produces records for the consumer loop.
-pub struct Forwarder {
-    producer: ThreadedProducer<DeliveryContext>,
-    shared: Arc<Shared>,
-    dead_letter: String,
-    tier_topics: Vec<String>,
-    targets: HashMap<String, (bool, Instant)>,
-    /// The last target found to exist: most records go to few topics.
-    last_target: String,
-}
-
-/// Writes `value` as ASCII decimal into a header.
-fn number(headers: OwnedHeaders, key: &str, value: i64) -> OwnedHeaders {
-    let mut buf = itoa::Buffer::new();
-    headers.insert(Header {
-        key,
-        value: Some(buf.format(value)),
-    })
-}
-
-/// Copies `msg`'s headers, leaving out the ones the service owns.
-fn user_headers<M: Message>(msg: &M, extra: usize) -> OwnedHeaders {
-    copy_headers(msg, extra, |key| !envelope::is_owned_header(key))
 }
 
 /// Copies the headers of `msg` whose key passes `keep`, with room for
 /// `extra` more.
-fn copy_headers<M: Message>(msg: &M, extra: usize, keep: impl Fn(&str) -> bool) -> OwnedHeaders {
-    let count = msg.headers().map_or(0, |h| h.count());
-    let mut out = OwnedHeaders::new_with_capacity(count + extra);
-    if let Some(headers) = msg.headers() {
-        for h in headers.iter() {
-            if keep(h.key) {
-                out = out.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
+pub fn copy_headers<M: RecordHeaders>(
+    msg: &M,
+    extra: usize,
+    keep: impl Fn(&[u8]) -> bool,
+) -> OutHeaders {
+    let view = msg.header_view();
+    let mut out = OutHeaders::with_capacity(view.len() + extra);
+    for (key, value) in view.iter() {
+        if keep(key) {
+            out.add(key, value);
         }
     }
     out
+}
+
+/// Copies `msg`'s headers, leaving out the ones the service owns.
+fn user_headers<M: RecordHeaders>(msg: &M, extra: usize) -> OutHeaders {
+    copy_headers(msg, extra, |key| !envelope::is_owned_header(key))
+}
+
+/// Most target topic handles kept at once.
+const MAX_TOPIC_HANDLES: usize = 10_000;
+
+/// Produces records for one consumer loop.
+pub struct Forwarder {
+    producer: ThreadedProducer<DeliveryContext>,
+    failures: Arc<Mutex<Vec<Failure>>>,
+    metrics: Arc<Metrics>,
+    dead_letter: TopicHandle,
+    tiers: Vec<TopicHandle>,
+    targets: HashMap<String, TopicHandle>,
+    /// Records refused with `QueueFull`, oldest first, with their opaque.
+    overflow: VecDeque<(OwnedRecord, usize)>,
 }
 
 impl Forwarder {
     /// Creates the producer from `config`.
     pub fn new(
         config: &rdkafka::ClientConfig,
-        shared: Arc<Shared>,
-        dead_letter: String,
-        tier_topics: Vec<String>,
+        ledger: Arc<Ledger>,
+        metrics: Arc<Metrics>,
+        clock: Arc<OffsetEstimator>,
+        dead_letter: &str,
+        tier_topics: &[String],
     ) -> Result<Self, KafkaError> {
-        let producer = config.create_with_context(DeliveryContext {
-            shared: shared.clone(),
-        })?;
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let producer: ThreadedProducer<DeliveryContext> =
+            config.create_with_context(DeliveryContext {
+                ledger,
+                failures: failures.clone(),
+                metrics: metrics.clone(),
+                clock,
+            })?;
+        let rk = producer.client().native_ptr();
+        let handle = |name: &str| {
+            // SAFETY: the handles live in the forwarder, which owns the producer.
+            unsafe { TopicHandle::new(rk, name) }
+                .ok_or_else(|| KafkaError::ClientCreation(format!("cannot open topic {name:?}")))
+        };
         Ok(Self {
+            dead_letter: handle(dead_letter)?,
+            tiers: tier_topics
+                .iter()
+                .map(|t| handle(t))
+                .collect::<Result<_, _>>()?,
             producer,
-            shared,
-            dead_letter,
-            tier_topics,
+            failures,
+            metrics,
             targets: HashMap::new(),
-            last_target: String::new(),
+            overflow: VecDeque::new(),
         })
     }
 
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>) {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((error, back)) => {
-                    // Not accepted locally (e.g. too large): hand it to the
-                    // failure path like a failed delivery.
-                    let inflight = Inflight::unpack(back.delivery_opaque);
-                    let owned = OwnedMessage::new(
-                        back.payload.map(<[u8]>::to_vec),
-                        back.key.map(<[u8]>::to_vec),
-                        back.topic.to_owned(),
-                        rdkafka::Timestamp::from(back.timestamp.unwrap_or(0)),
-                        back.partition.unwrap_or(-1),
-                        0,
-                        back.headers,
-                    );
-                    self.shared.metrics.produce_error("local");
-                    self.shared.failures().push(Failure {
-                        inflight,
-                        record: owned,
-                        error,
-                    });
+    /// Produces `record`; a full queue keeps it for [`Forwarder::drain_overflow`],
+    /// any other refusal becomes a [`Failure`].
+    fn send(&mut self, record: Parts<'_>, dest: Dest<'_>, inflight: Inflight) {
+        let opaque = inflight.pack();
+        let Parts {
+            key,
+            value,
+            timestamp_ms,
+            partition,
+            headers,
+        } = record;
+        let owned = |topic: &str, headers| OwnedRecord {
+            topic: topic.to_owned(),
+            partition,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            timestamp_ms,
+            headers,
+        };
+        if !self.overflow.is_empty() {
+            let record = owned(self.topic(dest).name(), headers);
+            self.overflow.push_back((record, opaque));
+            return;
+        }
+        let rk = self.producer.client().native_ptr();
+        let out = Outgoing {
+            topic: self.topic(dest),
+            partition,
+            key,
+            value,
+            timestamp_ms,
+            headers,
+            opaque,
+        };
+        // SAFETY: the handle was made for this producer; its context takes
+        // a usize opaque.
+        if let Err((code, headers)) = unsafe { native::produce(rk, out) } {
+            let record = owned(self.topic(dest).name(), headers);
+            self.refused(record, opaque, code);
+        }
+    }
+
+    fn refused(&mut self, record: OwnedRecord, opaque: usize, code: RDKafkaErrorCode) {
+        if code == RDKafkaErrorCode::QueueFull {
+            self.overflow.push_back((record, opaque));
+            return;
+        }
+        self.metrics.produce_error(&format!("{code:?}"));
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Failure {
+                inflight: Inflight::unpack(opaque),
+                record,
+                error: KafkaError::MessageProduction(code),
+            });
+    }
+
+    /// Re-sends records refused with `QueueFull`, oldest first, until the
+    /// queue refuses again.
+    pub fn drain_overflow(&mut self) {
+        let rk = self.producer.client().native_ptr();
+        while let Some((record, opaque)) = self.overflow.pop_front() {
+            let OwnedRecord {
+                topic,
+                partition,
+                key,
+                value,
+                timestamp_ms,
+                headers,
+            } = record;
+            let out = Outgoing {
+                topic: self.handle_for(&topic),
+                partition,
+                key: key.as_deref(),
+                value: value.as_deref(),
+                timestamp_ms,
+                headers,
+                opaque,
+            };
+            // SAFETY: as in `send`.
+            if let Err((code, headers)) = unsafe { native::produce(rk, out) } {
+                let back = OwnedRecord {
+                    topic,
+                    partition,
+                    key,
+                    value,
+                    timestamp_ms,
+                    headers,
+                };
+                if code == RDKafkaErrorCode::QueueFull {
+                    self.overflow.push_front((back, opaque));
                     return;
                 }
+                self.refused(back, opaque, code);
             }
         }
+    }
+
+    /// True while records wait for room in librdkafka's queue: the loop
+    /// pauses its sources until it drains.
+    pub fn queue_full(&self) -> bool {
+        !self.overflow.is_empty()
+    }
+
+    fn topic(&mut self, dest: Dest<'_>) -> &TopicHandle {
+        match dest {
+            Dest::DeadLetter => &self.dead_letter,
+            Dest::Tier(tier) => &self.tiers[tier],
+            Dest::Target(name) => self.handle_for(name),
+        }
+    }
+
+    fn handle_for(&mut self, name: &str) -> &TopicHandle {
+        if name == self.dead_letter.name() {
+            return &self.dead_letter;
+        }
+        if let Some(i) = self.tiers.iter().position(|t| t.name() == name) {
+            return &self.tiers[i];
+        }
+        if !self.targets.contains_key(name) {
+            if self.targets.len() >= MAX_TOPIC_HANDLES {
+                self.targets.clear();
+            }
+            let rk = self.producer.client().native_ptr();
+            // SAFETY: the handle lives in the forwarder, which owns the producer.
+            // A name librdkafka refuses falls back to the dead-letter handle;
+            // target names were validated long before this point.
+            match unsafe { TopicHandle::new(rk, name) } {
+                Some(handle) => {
+                    self.targets.insert(name.to_owned(), handle);
+                }
+                None => return &self.dead_letter,
+            }
+        }
+        &self.targets[name]
     }
 
     /// Delivers `msg` to its target now: routing and internal headers are
     /// removed, `x-delay-scheduled-at` and `x-delay-original-timestamp` added,
     /// the timestamp is the delivery time.
-    pub fn to_target<M: Message>(
-        &self,
+    pub fn to_target<M: Record>(
+        &mut self,
         msg: &M,
         env: &Envelope<'_>,
         from: Source,
-        inflight: Inflight,
+        ticket: Ticket,
         now_ms: i64,
     ) {
-        let headers = user_headers(msg, 2);
-        let headers = number(headers, envelope::SCHEDULED_AT, env.due_ms);
-        let headers = number(
-            headers,
-            envelope::ORIGINAL_TIMESTAMP,
-            env.original_timestamp_ms,
+        let mut headers = user_headers(msg, 2);
+        headers.add_number(envelope::SCHEDULED_AT, env.due_ms);
+        headers.add_number(envelope::ORIGINAL_TIMESTAMP, env.original_timestamp_ms);
+        self.metrics.forwarded(from, now_ms - env.due_ms);
+        self.send(
+            Parts::of(msg, now_ms, None, headers),
+            Dest::Target(env.target),
+            Inflight::new(ticket, Kind::Target),
         );
-        self.shared.metrics.forwarded(from, now_ms - env.due_ms);
-        self.send(record(msg, env.target, inflight, headers, now_ms));
     }
 
     /// Writes `msg` into `partition` of tier `tier` for `bucket`.
-    pub fn to_tier<M: Message>(
-        &self,
+    pub fn to_tier<M: Record>(
+        &mut self,
         msg: &M,
         env: &Envelope<'_>,
         (tier, bucket, partition): (usize, i64, i32),
-        inflight: Inflight,
+        ticket: Ticket,
         now_ms: i64,
     ) {
-        let headers = user_headers(msg, 4);
-        let headers = number(headers, envelope::DUE_AT, env.due_ms);
-        let headers = headers.insert(Header {
-            key: envelope::TARGET,
-            value: Some(env.target),
-        });
-        let headers = number(headers, envelope::BUCKET, bucket);
-        let headers = number(
-            headers,
-            envelope::ORIGINAL_TIMESTAMP,
-            env.original_timestamp_ms,
+        let mut headers = user_headers(msg, 4);
+        headers.add_number(envelope::DUE_AT, env.due_ms);
+        headers.add(envelope::TARGET.as_bytes(), Some(env.target.as_bytes()));
+        headers.add_number(envelope::BUCKET, bucket);
+        headers.add_number(envelope::ORIGINAL_TIMESTAMP, env.original_timestamp_ms);
+        self.metrics.tier_write(tier);
+        self.send(
+            Parts::of(msg, now_ms, Some(partition), headers),
+            Dest::Tier(tier),
+            Inflight::new(ticket, Kind::Tier),
         );
-        self.shared.metrics.tier_write(tier);
-        let topic = &self.tier_topics[tier];
-        self.send(record(msg, topic, inflight, headers, now_ms).partition(partition));
     }
 
-    /// Sends `msg` unchanged to the dead-letter topic with an `x-delay-error`
-    /// header saying `why`.
-    pub fn to_dead_letter<M: Message>(&self, msg: &M, reason: &str, why: &str, inflight: Inflight) {
-        let headers = copy_headers(msg, 1, |_| true).insert(Header {
-            key: envelope::ERROR,
-            value: Some(why),
+    /// Sends `msg` to the dead-letter topic byte-for-byte (key, value,
+    /// timestamp, headers — but a producer's own `x-delay-error`) with an
+    /// `x-delay-error` header saying why.
+    pub fn to_dead_letter<M: Record>(&mut self, msg: &M, error: &EnvelopeError, ticket: Ticket) {
+        let mut headers = copy_headers(msg, 1, |key| {
+            key != envelope::ERROR.as_bytes() && key != envelope::TRUNCATED.as_bytes()
         });
-        self.shared.metrics.dead_lettered(reason);
-        let timestamp = msg.timestamp().to_millis().unwrap_or(0);
+        headers.add(
+            envelope::ERROR.as_bytes(),
+            Some(error.to_string().as_bytes()),
+        );
+        let timestamp_ms = msg.timestamp_ms().unwrap_or_else(now_ms);
+        let parts = Parts::of(msg, timestamp_ms, None, headers);
+        self.dead_letter(parts, error.reason(), ticket, Kind::DeadLetter);
+    }
+
+    fn dead_letter(&mut self, parts: Parts<'_>, reason: &str, ticket: Ticket, kind: Kind) {
+        self.metrics.dead_letter_attempt(reason);
         let inflight = Inflight {
-            kind: Kind::DeadLetter,
-            ..inflight
+            ticket,
+            kind,
+            reason: Metrics::reason_index(reason) as u8,
         };
-        self.send(record(msg, &self.dead_letter, inflight, headers, timestamp));
+        self.send(parts, Dest::DeadLetter, inflight);
     }
 
     /// Produces a failed record again, to the same topic and partition.
-    pub fn retry(&self, failure: Failure) {
-        let msg = &failure.record;
-        let headers = msg.headers().cloned().unwrap_or_default();
-        let timestamp = msg.timestamp().to_millis().unwrap_or(0);
-        let mut rec = record(msg, msg.topic(), failure.inflight, headers, timestamp);
-        if failure.inflight.kind != Kind::Target {
-            rec = rec.partition(msg.partition());
+    pub fn resend(&mut self, record: OwnedRecord, inflight: Inflight) {
+        let opaque = inflight.pack();
+        if !self.overflow.is_empty() {
+            self.overflow.push_back((record, opaque));
+            return;
         }
-        self.send(rec);
-    }
-
-    /// Whether `topic` exists, from a cached metadata lookup (positive
-    /// answers are kept until a delivery fails, negative ones for 10 s).
-    pub fn target_exists(&mut self, topic: &str) -> bool {
-        if topic == self.last_target {
-            return true;
-        }
-        if let Some(&(exists, checked)) = self.targets.get(topic) {
-            if exists {
-                topic.clone_into(&mut self.last_target);
-            }
-            if exists || checked.elapsed() < MISSING_TARGET_TTL {
-                return exists;
-            }
-        }
-        let exists = match self
-            .producer
-            .client()
-            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        {
-            Ok(metadata) => metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()),
-            Err(error) => {
-                tracing::warn!(%topic, %error, "metadata lookup failed; assuming the target exists");
-                true
-            }
-        };
-        self.targets
-            .insert(topic.to_owned(), (exists, Instant::now()));
-        exists
-    }
-
-    /// The last target found to exist (and so already accepted by the
-    /// target policy); empty at first.
-    pub fn last_target(&self) -> &str {
-        &self.last_target
-    }
-
-    /// Forgets what is known of `topic` (after a failed delivery).
-    pub fn forget_target(&mut self, topic: &str) {
-        self.targets.remove(topic);
-        self.last_target.clear();
-    }
-
-    /// Another handle on the same producer (for the rebalance callback).
-    pub fn producer_handle(&self) -> ThreadedProducer<DeliveryContext> {
-        self.producer.clone()
+        self.overflow.push_front((record, opaque));
+        self.drain_overflow();
     }
 
     /// Waits up to `timeout` for every queued record to be acknowledged.
@@ -415,23 +538,85 @@ impl Forwarder {
         self.producer.flush(timeout)
     }
 
-    /// Records handed to librdkafka and not yet acknowledged.
+    /// Another handle on the same producer (for the rebalance callback).
+    pub fn producer_handle(&self) -> ThreadedProducer<DeliveryContext> {
+        self.producer.clone()
+    }
+
+    /// The failures reported so far, for [`Failures::handle`].
+    pub fn take_failures(&self) -> Vec<Failure> {
+        std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Records waiting for room in librdkafka's queue.
+    pub fn overflow_len(&self) -> usize {
+        self.overflow.len()
+    }
+
+    /// Records librdkafka holds (queued or in flight to the broker).
     pub fn queued(&self) -> i32 {
         self.producer.in_flight_count()
     }
 }
 
-fn record<'a, M: Message>(
-    msg: &'a M,
-    topic: &'a str,
-    inflight: Inflight,
-    headers: OwnedHeaders,
+/// Where a record goes.
+#[derive(Clone, Copy)]
+enum Dest<'a> {
+    Target(&'a str),
+    Tier(usize),
+    DeadLetter,
+}
+
+/// A record to send: key and value borrowed from its source, new headers.
+struct Parts<'a> {
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
     timestamp_ms: i64,
-) -> BaseRecord<'a, [u8], [u8], usize> {
-    let mut rec = BaseRecord::with_opaque_to(topic, inflight.pack())
-        .headers(headers)
-        .timestamp(timestamp_ms);
-    rec.key = msg.key();
-    rec.payload = msg.payload();
-    rec
+    partition: Option<i32>,
+    headers: OutHeaders,
+}
+
+impl<'a> Parts<'a> {
+    fn of<M: Record>(
+        msg: &'a M,
+        timestamp_ms: i64,
+        partition: Option<i32>,
+        headers: OutHeaders,
+    ) -> Self {
+        Self {
+            key: msg.key_bytes(),
+            value: msg.value_bytes(),
+            timestamp_ms,
+            partition,
+            headers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Book;
+
+    #[test]
+    fn the_delivery_opaque_carries_kind_and_reason() {
+        let mut book = Book::default();
+        let a = book.register("t", 3);
+        let ticket = book.take(a, 42).unwrap();
+        for kind in [
+            Kind::Target,
+            Kind::Tier,
+            Kind::DeadLetter,
+            Kind::TruncatedDeadLetter,
+        ] {
+            for reason in [0_u8, 7, 12] {
+                let inflight = Inflight {
+                    ticket,
+                    kind,
+                    reason,
+                };
+                assert_eq!(Inflight::unpack(inflight.pack()), inflight);
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
-//! `/metrics`, `/healthz` and `/readyz` for Prometheus and Kubernetes probes.
+//! `/metrics`, `/healthz` and `/readyz` for Prometheus and Kubernetes probes,
+//! on `http.bind`. The address is bound before the service starts: a port
+//! already taken stops start-up with an error naming it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -10,11 +11,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::consumer::{now_ms, Health};
+use crate::clock::now_ms;
+use crate::health::Health;
 use crate::metrics::Metrics;
-
-/// A loop iteration older than this makes `/healthz` fail (ms).
-const STALL_MS: i64 = 30_000;
 
 #[derive(Clone)]
 struct AppState {
@@ -23,42 +22,43 @@ struct AppState {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state
+        .metrics
+        .set_ready(state.health.ready(now_ms()).is_ok());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
 }
 
-/// Alive while the consumer loop keeps turning.
+/// Alive while every consumer loop keeps turning.
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let last = state.health.last_loop_ms.load(Ordering::Relaxed);
-    if last == 0 || now_ms() - last < STALL_MS {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "consumer loop stalled\n")
+    match state.health.live(now_ms()) {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-/// Ready once the consumer group was joined (an instance may legitimately
-/// own no partition when there are more instances than partitions).
+/// Ready once every loop joined its group, while the broker answers, and
+/// while no partition is blocked by the dead-letter topic (see [`Health`]).
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.health.joined.load(Ordering::Relaxed) {
-        let assigned = state.health.assigned.load(Ordering::Relaxed);
-        (
-            StatusCode::OK,
-            format!("ready: {assigned} partitions assigned\n"),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not yet in the consumer group\n".to_owned(),
-        )
+    match state.health.ready(now_ms()) {
+        Ok(summary) => (StatusCode::OK, format!("{summary}\n")),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-/// Serves the endpoints on `addr` until the process exits.
+/// Binds `addr` now (so that a taken port fails start-up), to be served by
+/// [`serve`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves the endpoints on `listener` until the process exits.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> std::io::Result<()> {
@@ -67,7 +67,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, health });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app).await
 }

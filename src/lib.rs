@@ -8,37 +8,45 @@
 //! Layout, in data-flow order:
 //!
 //! * [`config`] — settings, layering (file → environment), validation;
-//! * [`envelope`] — the header contract: parse into due time and target,
-//!   every error a variant;
+//! * [`native`] — record headers as bytes and produce calls (the only
+//!   direct use of librdkafka's C API); [`envelope`] — the header contract:
+//!   parse into due time and target, every error a variant;
 //! * [`wheel`] — the pure tier table: routing, release times, roll-over;
-//! * [`consumer`] — the consumer loop: one group, per-partition pause until
-//!   the head's release time ([`partition`] holds the state); its
-//!   `rebalance` and `upkeep` (commits, idle partitions, gauges) submodules;
+//! * [`consumer`] — the consumer loop, one per topic and consumer group;
+//!   [`partitions`] — its partition table, the only caller of pause/resume;
+//!   [`ledger`] — records in flight and the offsets that may be committed;
+//!   [`watcher`] — commits and fresh end/committed offsets, off the loop's
+//!   thread; [`targets`] — target existence look-ups, off the loop's thread;
 //! * [`timer`] — the due-soon min-heap, delivery at the exact due time;
-//! * [`forwarder`] — produce, acknowledgements, dead letters;
-//!   [`offsets`] — the acknowledged prefix that may be committed;
+//! * [`forwarder`] — produce, acknowledgements, retries and dead letters;
 //! * [`topics`] — topic specs and `topics apply`;
-//! * [`metrics`], [`http`], [`telemetry`], [`shutdown`] — operations;
+//! * [`clock`], [`health`], [`metrics`], [`http`], [`telemetry`],
+//!   [`shutdown`] — operations;
 //! * [`service`] (`run`), [`produce`], [`bench`], [`broker`] (a local broker
 //!   for the demo, benchmark and tests), [`kafka`] (client settings);
 //! * `main.rs` — the CLI.
 
 pub mod bench;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod demo;
 pub mod envelope;
 pub mod forwarder;
+pub mod health;
 pub mod http;
 pub mod kafka;
+pub mod ledger;
 pub mod metrics;
-pub mod offsets;
-pub mod partition;
+pub mod native;
+pub mod partitions;
 pub mod produce;
 pub mod service;
 pub mod shutdown;
+pub mod targets;
 pub mod telemetry;
 pub mod timer;
 pub mod topics;
+pub mod watcher;
 pub mod wheel;

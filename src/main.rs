@@ -75,6 +75,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TopicsAction {
+    /// Print the Kafka ACLs the service's principal needs (kafka-acls.sh
+    /// commands); nothing is changed.
+    Acls {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The service's principal, e.g. User:kafka-delay.
+        #[arg(long)]
+        principal: String,
+    },
     /// Create missing topics, report drift (idempotent).
     Apply {
         #[command(flatten)]
@@ -130,6 +139,23 @@ fn main() -> ExitCode {
             telemetry::init(&settings.log);
             match service::run(&settings, Arc::new(AtomicBool::new(false)), true) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(error),
+            }
+        }
+        Command::Topics {
+            action: TopicsAction::Acls { config, principal },
+        } => {
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match topics::acl_commands(&settings, &principal) {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(error) => fail(error),
             }
         }
@@ -190,7 +216,7 @@ fn main() -> ExitCode {
                     println!("{n} records published to {}", settings.topics.ingress);
                     ExitCode::SUCCESS
                 }
-                Err(error) => fail(error),
+                Err(error) => fail(kafka_delay::kafka::describe(&error)),
             }
         }
         Command::Bench(args) => {
@@ -222,15 +248,21 @@ fn check_clients(settings: &Settings) -> Result<(), String> {
     use kafka_delay::kafka;
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::producer::BaseProducer;
-    kafka::consumer_config(settings)
+    kafka::consumer_config(settings, &settings.kafka.group_id, false)
         .create::<BaseConsumer>()
         .map_err(|e| {
-            format!("configuration key `kafka.consumer_properties`/`kafka.properties`: {e}")
+            format!(
+                "configuration key `kafka.consumer_properties`/`kafka.properties`: {}",
+                kafka::describe(&e)
+            )
         })?;
     kafka::producer_config(settings)
         .create::<BaseProducer>()
         .map_err(|e| {
-            format!("configuration key `kafka.producer_properties`/`kafka.properties`: {e}")
+            format!(
+                "configuration key `kafka.producer_properties`/`kafka.properties`: {}",
+                kafka::describe(&e)
+            )
         })?;
     Ok(())
 }

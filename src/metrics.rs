@@ -2,13 +2,14 @@
 //! metric name.
 //!
 //! Names follow `kafka_delay_<name>_<unit>`, `_total` for counters; labels
-//! come from small fixed sets (tier label, reason, outcome, error code).
-//! Per-tier children are resolved once at start-up so the hot path only
+//! come from small fixed sets: `tier` (tier labels such as `1s`), `source`
+//! (`ingress` or a tier label), `reason`, `outcome`, `kind`, `code`.
+//! Per-label children are resolved once at start-up so the hot path only
 //! touches an atomic.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::envelope::EnvelopeError;
@@ -18,6 +19,16 @@ use crate::envelope::EnvelopeError;
 pub enum Source {
     Ingress,
     Tier(usize),
+}
+
+impl Source {
+    /// Index into per-source metric children: ingress 0, tier `t` at `t + 1`.
+    pub fn index(self) -> usize {
+        match self {
+            Source::Ingress => 0,
+            Source::Tier(tier) => tier + 1,
+        }
+    }
 }
 
 /// What happened to an ingress record.
@@ -33,6 +44,9 @@ pub enum Outcome {
     DeadLettered,
 }
 
+/// What a produce was for (label `kind`).
+pub const KINDS: [&str; 3] = ["target", "tier", "dead_letter"];
+
 /// All of the service's metrics, registered in one [`Registry`].
 pub struct Metrics {
     registry: Registry,
@@ -41,16 +55,29 @@ pub struct Metrics {
     delivered: IntCounter,
     tier_writes: Vec<IntCounter>,
     dead_lettered: Vec<IntCounter>,
+    dead_letter_attempts: Vec<IntCounter>,
+    dead_letter_failures: IntCounter,
     late_appends: Vec<IntCounter>,
+    stalls: Vec<IntCounter>,
     paused: Vec<IntGauge>,
+    stalled: Vec<IntGauge>,
     pending: Vec<IntGauge>,
     oldest_due: Vec<IntGauge>,
+    assigned: Vec<IntGauge>,
+    throttled: Vec<IntGauge>,
+    blocked: Vec<IntGauge>,
+    in_flight: Vec<IntGauge>,
     lateness: Histogram,
-    timer_records: IntGauge,
+    timer_records: Vec<IntGauge>,
+    timer_bytes: Vec<IntGauge>,
     rebalances: IntCounter,
     produce_errors: IntCounterVec,
+    retries: Vec<IntCounter>,
     commit_errors: IntCounter,
     commit_latency: Histogram,
+    clock_offset: Gauge,
+    clock_limit: Gauge,
+    ready: IntGauge,
 }
 
 /// Lateness buckets in seconds, 1 ms to 1 h.
@@ -58,169 +85,230 @@ const LATENESS_BUCKETS: [f64; 16] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 60.0, 600.0, 3600.0,
 ];
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
     registry
-        .register(Box::new(vec.clone()))
+        .register(Box::new(metric.clone()))
         .expect("unique metric");
-    vec
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+    )
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+    )
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
     let opts = HistogramOpts::new(name, help).buckets(LATENESS_BUCKETS.to_vec());
-    let histogram = Histogram::with_opts(opts).expect("valid histogram");
-    registry
-        .register(Box::new(histogram.clone()))
-        .expect("unique metric");
-    histogram
+    register(
+        registry,
+        Histogram::with_opts(opts).expect("valid histogram"),
+    )
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let counter = IntCounter::new(name, help).expect("valid counter");
-    registry
-        .register(Box::new(counter.clone()))
-        .expect("unique metric");
-    counter
+    register(
+        registry,
+        IntCounter::new(name, help).expect("valid counter"),
+    )
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
-    let vec = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    registry
-        .register(Box::new(vec.clone()))
-        .expect("unique metric");
-    vec
+fn children<V>(labels: &[&str], child: impl Fn(&str) -> V) -> Vec<V> {
+    labels.iter().map(|l| child(l)).collect()
 }
 
 impl Metrics {
     /// Registers every metric; `tiers` are the tier labels (`1s`, `1m`, …).
     pub fn new(tiers: &[String]) -> Self {
-        let registry = Registry::new();
-        let sources: Vec<&str> = std::iter::once("ingress")
-            .chain(tiers.iter().map(String::as_str))
+        let r = Registry::new();
+        let tier: Vec<&str> = tiers.iter().map(String::as_str).collect();
+        let source: Vec<&str> = std::iter::once("ingress")
+            .chain(tier.iter().copied())
             .collect();
+        let per_tier = |name: &str, help: &str| {
+            let vec = counter_vec(&r, name, help, "tier");
+            children(&tier, |l| vec.with_label_values(&[l]))
+        };
+        let tier_gauge = |name: &str, help: &str| {
+            let vec = gauge_vec(&r, name, help, "tier");
+            children(&tier, |l| vec.with_label_values(&[l]))
+        };
+        let source_gauge = |name: &str, help: &str| {
+            let vec = gauge_vec(&r, name, help, "source");
+            children(&source, |l| vec.with_label_values(&[l]))
+        };
         let ingested = counter_vec(
-            &registry,
+            &r,
             "kafka_delay_records_ingested_total",
             "Ingress records by outcome.",
             "outcome",
         );
         let forwarded = counter_vec(
-            &registry,
+            &r,
             "kafka_delay_records_forwarded_total",
-            "Records delivered to their target, by the topic they were last read from.",
+            "Records handed to the producer for their target, by the topic they were last read from.",
             "from",
         );
-        let delivered = counter(
-            &registry,
-            "kafka_delay_records_delivered_total",
-            "Target deliveries acknowledged by the broker.",
-        );
-        let tier_writes = counter_vec(
-            &registry,
-            "kafka_delay_tier_writes_total",
-            "Records written into a tier topic.",
-            "tier",
-        );
         let dead = counter_vec(
-            &registry,
+            &r,
             "kafka_delay_records_dead_lettered_total",
-            "Records sent to the dead-letter topic, by reason.",
+            "Dead letters acknowledged by the broker, by reason.",
             "reason",
         );
-        let late = counter_vec(
-            &registry,
-            "kafka_delay_late_appends_total",
-            "Tier records appended after their bucket's release time (clock skew or latency).",
-            "tier",
+        let dead_attempts = counter_vec(
+            &r,
+            "kafka_delay_dead_letter_attempts_total",
+            "Records sent towards the dead-letter topic, by reason (acknowledged or not).",
+            "reason",
         );
-        let paused = gauge_vec(
-            &registry,
-            "kafka_delay_partitions_paused",
-            "Tier partitions paused until their head's release time or their next turn.",
-            "tier",
+        let retries = counter_vec(
+            &r,
+            "kafka_delay_produce_retries_total",
+            "Produces retried after a transient failure, by kind (target, tier, dead_letter).",
+            "kind",
         );
-        let pending = gauge_vec(
-            &registry,
-            "kafka_delay_records_pending",
-            "Records waiting in a tier: end offset minus committed offset, over assigned partitions.",
-            "tier",
+        let clock_offset = register(
+            &r,
+            Gauge::new(
+                "kafka_delay_clock_offset_seconds",
+                "Estimated offset of this instance's clock from the broker's (positive: ahead); \
+                 NaN when unknown.",
+            )
+            .expect("valid gauge"),
         );
-        let oldest = gauge_vec(
-            &registry,
-            "kafka_delay_oldest_pending_due_timestamp_seconds",
-            "Earliest due time among held tier heads, Unix seconds (0: none held).",
-            "tier",
-        );
-        let lateness = histogram(
-            &registry,
-            "kafka_delay_delivery_lateness_seconds",
-            "Delivery time minus due time of forwarded records.",
-        );
-        let timer_records = IntGauge::new(
-            "kafka_delay_timer_records",
-            "Records held in the in-memory due-soon timer.",
-        )
-        .expect("valid gauge");
-        registry
-            .register(Box::new(timer_records.clone()))
-            .expect("unique metric");
-        let rebalances = counter(
-            &registry,
-            "kafka_delay_rebalances_total",
-            "Consumer-group rebalances seen (assign or revoke).",
-        );
-        let produce_errors = counter_vec(
-            &registry,
-            "kafka_delay_produce_errors_total",
-            "Failed produce attempts, by librdkafka error code.",
-            "code",
-        );
-        let commit_errors = counter(
-            &registry,
-            "kafka_delay_commit_errors_total",
-            "Offset commits that failed.",
-        );
-        let commit_latency = histogram(
-            &registry,
-            "kafka_delay_commit_latency_seconds",
-            "Time from an offset commit request to the broker's answer.",
-        );
-        let tier_labels: Vec<&str> = tiers.iter().map(String::as_str).collect();
-        let each = |vec: &IntCounterVec, labels: &[&str]| -> Vec<IntCounter> {
-            labels.iter().map(|l| vec.with_label_values(&[l])).collect()
-        };
-        let each_gauge = |vec: &IntGaugeVec| -> Vec<IntGauge> {
-            tier_labels
-                .iter()
-                .map(|l| vec.with_label_values(&[l]))
-                .collect()
-        };
+        clock_offset.set(f64::NAN);
         Self {
             ingested: ["tier", "timer", "delivered", "dead_lettered"]
                 .map(|o| ingested.with_label_values(&[o])),
-            forwarded: each(&forwarded, &sources),
-            delivered,
-            tier_writes: each(&tier_writes, &tier_labels),
-            dead_lettered: each(&dead, &EnvelopeError::REASONS),
-            late_appends: each(&late, &tier_labels),
-            paused: each_gauge(&paused),
-            pending: each_gauge(&pending),
-            oldest_due: each_gauge(&oldest),
-            lateness,
-            timer_records,
-            rebalances,
-            produce_errors,
-            commit_errors,
-            commit_latency,
-            registry,
+            forwarded: children(&source, |l| forwarded.with_label_values(&[l])),
+            delivered: counter(
+                &r,
+                "kafka_delay_records_delivered_total",
+                "Target deliveries acknowledged by the broker.",
+            ),
+            tier_writes: per_tier(
+                "kafka_delay_tier_writes_total",
+                "Records written into a tier topic.",
+            ),
+            dead_lettered: children(&EnvelopeError::REASONS, |l| dead.with_label_values(&[l])),
+            dead_letter_attempts: children(&EnvelopeError::REASONS, |l| {
+                dead_attempts.with_label_values(&[l])
+            }),
+            dead_letter_failures: counter(
+                &r,
+                "kafka_delay_dead_letter_failures_total",
+                "Dead-letter writes the broker refused (the source partition stops until one succeeds).",
+            ),
+            late_appends: per_tier(
+                "kafka_delay_late_appends_total",
+                "Tier records read after their partition was drained past their bucket's release \
+                 (a writer's clock behind, a slow produce): delivered at once, counted by the owner.",
+            ),
+            stalls: per_tier(
+                "kafka_delay_stalls_total",
+                "Times the watchdog resumed a partition that fetched nothing while behind its end offset.",
+            ),
+            paused: tier_gauge(
+                "kafka_delay_partitions_paused",
+                "Tier partitions paused by the service: holding a head until its release, or asleep \
+                 until their next turn.",
+            ),
+            stalled: tier_gauge(
+                "kafka_delay_partitions_stalled",
+                "Tier partitions behind their end offset that made no progress at the last check.",
+            ),
+            pending: tier_gauge(
+                "kafka_delay_records_pending",
+                "Records waiting in a tier: end offset minus committed offset (both fresh from the \
+                 broker), over this instance's partitions.",
+            ),
+            oldest_due: tier_gauge(
+                "kafka_delay_oldest_pending_due_timestamp_seconds",
+                "Earliest due time among held tier heads, Unix seconds (0: none held).",
+            ),
+            assigned: source_gauge(
+                "kafka_delay_partitions_assigned",
+                "Partitions assigned to this instance, by source topic.",
+            ),
+            throttled: source_gauge(
+                "kafka_delay_partitions_throttled",
+                "Partitions paused for backpressure (in-flight or timer caps, producer queue full).",
+            ),
+            blocked: source_gauge(
+                "kafka_delay_partitions_blocked",
+                "Partitions stopped because the dead-letter topic refuses their records.",
+            ),
+            in_flight: source_gauge(
+                "kafka_delay_in_flight_records",
+                "Records read and not yet acknowledged (timer, produce queue, retries).",
+            ),
+            lateness: histogram(
+                &r,
+                "kafka_delay_delivery_lateness_seconds",
+                "Delivery time minus due time of forwarded records.",
+            ),
+            timer_records: source_gauge(
+                "kafka_delay_timer_records",
+                "Records held in the in-memory due-soon timer.",
+            ),
+            timer_bytes: source_gauge(
+                "kafka_delay_timer_bytes",
+                "Key, value and header bytes held in the due-soon timer.",
+            ),
+            rebalances: counter(
+                &r,
+                "kafka_delay_rebalances_total",
+                "Consumer-group rebalance events seen (assign or revoke), all groups.",
+            ),
+            produce_errors: counter_vec(
+                &r,
+                "kafka_delay_produce_errors_total",
+                "Failed produce attempts, by librdkafka error code.",
+                "code",
+            ),
+            retries: children(&KINDS, |l| retries.with_label_values(&[l])),
+            commit_errors: counter(
+                &r,
+                "kafka_delay_commit_errors_total",
+                "Offset commits that failed.",
+            ),
+            commit_latency: histogram(
+                &r,
+                "kafka_delay_commit_latency_seconds",
+                "Time from an offset commit request to the broker's answer.",
+            ),
+            clock_offset,
+            clock_limit: register(
+                &r,
+                Gauge::new(
+                    "kafka_delay_clock_skew_limit_seconds",
+                    "The configured wheel.max_clock_skew.",
+                )
+                .expect("valid gauge"),
+            ),
+            ready: register(
+                &r,
+                IntGauge::new("kafka_delay_ready", "1 while /readyz answers 200.")
+                    .expect("valid gauge"),
+            ),
+            registry: r,
         }
     }
 
-    fn source_index(source: Source) -> usize {
-        match source {
-            Source::Ingress => 0,
-            Source::Tier(tier) => tier + 1,
-        }
+    /// Index of `reason` in [`EnvelopeError::REASONS`] (`other` when unknown).
+    pub fn reason_index(reason: &str) -> usize {
+        EnvelopeError::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(EnvelopeError::REASONS.len() - 1)
     }
 
     /// An ingress record was routed.
@@ -231,7 +319,7 @@ impl Metrics {
     /// A record was handed to the producer for its target; `lateness_ms` is
     /// delivery time minus due time.
     pub fn forwarded(&self, from: Source, lateness_ms: i64) {
-        self.forwarded[Self::source_index(from)].inc();
+        self.forwarded[from.index()].inc();
         self.lateness.observe(lateness_ms.max(0) as f64 / 1000.0);
     }
 
@@ -250,23 +338,44 @@ impl Metrics {
         self.tier_writes[tier].inc();
     }
 
-    /// A record was dead-lettered for `reason` (an [`EnvelopeError::reason`]).
-    pub fn dead_lettered(&self, reason: &str) {
-        let index = EnvelopeError::REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(EnvelopeError::REASONS.len() - 1);
-        self.dead_lettered[index].inc();
+    /// A record was sent towards the dead-letter topic for `reason` (an
+    /// [`EnvelopeError::reason`]).
+    pub fn dead_letter_attempt(&self, reason: &str) {
+        self.dead_letter_attempts[Self::reason_index(reason)].inc();
     }
 
-    /// A tier record arrived after its bucket's release time.
+    /// The broker acknowledged a dead letter; `reason` is the index into
+    /// [`EnvelopeError::REASONS`].
+    pub fn dead_lettered(&self, reason: usize) {
+        if let Some(c) = self.dead_lettered.get(reason) {
+            c.inc();
+        }
+    }
+
+    /// Dead letters acknowledged for `reason` so far.
+    pub fn dead_lettered_total(&self, reason: &str) -> u64 {
+        self.dead_lettered[Self::reason_index(reason)].get()
+    }
+
+    /// The dead-letter topic refused a record.
+    pub fn dead_letter_failure(&self) {
+        self.dead_letter_failures.inc();
+    }
+
+    /// A tier record arrived after its partition had drained past its release.
     pub fn late_append(&self, tier: usize) {
         self.late_appends[tier].inc();
     }
 
-    /// Paused partitions of tier `tier`, now.
-    pub fn set_paused(&self, tier: usize, count: usize) {
-        self.paused[tier].set(count as i64);
+    /// The watchdog resumed a stalled partition of tier `tier`.
+    pub fn stall(&self, tier: usize) {
+        self.stalls[tier].inc();
+    }
+
+    /// Per-tier partition gauges, now.
+    pub fn set_tier_partitions(&self, tier: usize, paused: usize, stalled: usize) {
+        self.paused[tier].set(paused as i64);
+        self.stalled[tier].set(stalled as i64);
     }
 
     /// Records pending in tier `tier` (end offset − committed).
@@ -279,9 +388,15 @@ impl Metrics {
         self.oldest_due[tier].set(due_ms.map_or(0, |ms| ms / 1000));
     }
 
-    /// Size of the due-soon timer.
-    pub fn set_timer_records(&self, count: usize) {
-        self.timer_records.set(count as i64);
+    /// Per-source gauges of one consumer loop, now.
+    pub fn set_source(&self, source: Source, gauges: SourceGauges) {
+        let i = source.index();
+        self.assigned[i].set(gauges.assigned as i64);
+        self.throttled[i].set(gauges.throttled as i64);
+        self.blocked[i].set(gauges.blocked as i64);
+        self.in_flight[i].set(gauges.in_flight as i64);
+        self.timer_records[i].set(gauges.timer_records as i64);
+        self.timer_bytes[i].set(gauges.timer_bytes as i64);
     }
 
     /// A rebalance event (assign or revoke) was handled.
@@ -294,6 +409,11 @@ impl Metrics {
         self.produce_errors.with_label_values(&[code]).inc();
     }
 
+    /// A produce of kind `kind` (index into [`KINDS`]) is retried.
+    pub fn retry(&self, kind: usize) {
+        self.retries[kind].inc();
+    }
+
     /// An offset commit was answered after `seconds`.
     pub fn commit_latency(&self, seconds: f64) {
         self.commit_latency.observe(seconds);
@@ -302,6 +422,18 @@ impl Metrics {
     /// An offset commit failed.
     pub fn commit_error(&self) {
         self.commit_errors.inc();
+    }
+
+    /// The clock offset estimate (ms), and the configured limit (ms).
+    pub fn set_clock(&self, offset_ms: Option<i64>, limit_ms: i64) {
+        self.clock_offset
+            .set(offset_ms.map_or(f64::NAN, |ms| ms as f64 / 1000.0));
+        self.clock_limit.set(limit_ms as f64 / 1000.0);
+    }
+
+    /// Readiness, as `/readyz` reports it.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// Records written into any tier so far (for writes per record).
@@ -329,6 +461,17 @@ impl Metrics {
     }
 }
 
+/// Gauges one consumer loop reports about its own partitions and memory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SourceGauges {
+    pub assigned: usize,
+    pub throttled: usize,
+    pub blocked: usize,
+    pub in_flight: usize,
+    pub timer_records: usize,
+    pub timer_bytes: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,15 +481,31 @@ mod tests {
         let m = Metrics::new(&["1s".into(), "1m".into()]);
         m.ingested(Outcome::Timer);
         m.forwarded(Source::Tier(1), 12);
-        m.dead_lettered("missing_target");
-        m.set_paused(0, 3);
-        let text = m.render();
-        assert!(text.contains("kafka_delay_records_ingested_total{outcome=\"timer\"} 1"));
-        assert!(text.contains("kafka_delay_records_forwarded_total{from=\"1m\"} 1"));
-        assert!(
-            text.contains("kafka_delay_records_dead_lettered_total{reason=\"missing_target\"} 1")
+        m.dead_letter_attempt("missing_target");
+        m.dead_lettered(Metrics::reason_index("missing_target"));
+        m.set_tier_partitions(0, 3, 1);
+        m.set_source(
+            Source::Ingress,
+            SourceGauges {
+                throttled: 2,
+                ..Default::default()
+            },
         );
-        assert!(text.contains("kafka_delay_partitions_paused{tier=\"1s\"} 3"));
-        assert!(text.contains("kafka_delay_delivery_lateness_seconds_bucket{le=\"0.02\"} 1"));
+        m.set_clock(Some(-250), 500);
+        let text = m.render();
+        for line in [
+            "kafka_delay_records_ingested_total{outcome=\"timer\"} 1",
+            "kafka_delay_records_forwarded_total{from=\"1m\"} 1",
+            "kafka_delay_records_dead_lettered_total{reason=\"missing_target\"} 1",
+            "kafka_delay_dead_letter_attempts_total{reason=\"missing_target\"} 1",
+            "kafka_delay_partitions_paused{tier=\"1s\"} 3",
+            "kafka_delay_partitions_stalled{tier=\"1s\"} 1",
+            "kafka_delay_partitions_throttled{source=\"ingress\"} 2",
+            "kafka_delay_delivery_lateness_seconds_bucket{le=\"0.02\"} 1",
+            "kafka_delay_clock_offset_seconds -0.25",
+            "kafka_delay_clock_skew_limit_seconds 0.5",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
     }
 }

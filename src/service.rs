@@ -1,12 +1,16 @@
-//! `kafka-delay run`: wires metrics, the HTTP endpoints, signals and the
-//! consumer loop together.
+//! `kafka-delay run`: checks the topics, binds the HTTP endpoints, starts
+//! one consumer loop per topic (ingress, then each tier) on its own thread,
+//! and stops them all on SIGTERM/SIGINT or when one fails.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::clock::OffsetEstimator;
 use crate::config::Settings;
-use crate::consumer::{Engine, EngineError, Health};
+use crate::consumer::{ConsumerLoop, EngineError, Limits, Role, Shared};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::topics::{self, Spec, TopicsError};
 use crate::{config, http, shutdown};
@@ -18,6 +22,11 @@ pub enum ServiceError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Topics(#[from] TopicsError),
+    #[error("cannot serve HTTP on {addr} (http.bind): {error}. Fix: free the port or set http.bind to another address")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -32,23 +41,61 @@ pub fn tier_labels(settings: &Settings) -> Result<Vec<String>, config::ConfigErr
         .collect())
 }
 
+/// The loops of an instance, in order: ingress, then every tier.
+fn roles(tiers: usize) -> Vec<Role> {
+    std::iter::once(Role::Ingress)
+        .chain((0..tiers).map(Role::Tier))
+        .collect()
+}
+
+/// Names of the loops (for health and thread names): `ingress`, tier labels.
+pub fn loop_names(settings: &Settings) -> Result<Vec<String>, config::ConfigError> {
+    Ok(std::iter::once("ingress".to_owned())
+        .chain(tier_labels(settings)?)
+        .collect())
+}
+
 /// Runs the service until `stop` is set (by a signal when `signals` is true).
-/// Checks that the topics exist first.
 pub fn run(settings: &Settings, stop: Arc<AtomicBool>, signals: bool) -> Result<(), ServiceError> {
     let metrics = Arc::new(Metrics::new(
         &tier_labels(settings).map_err(EngineError::from)?,
     ));
-    run_with(
-        settings,
-        stop,
-        signals,
-        metrics,
-        Arc::new(Health::default()),
-    )
+    let health = Arc::new(Health::new(
+        &loop_names(settings).map_err(EngineError::from)?,
+    ));
+    run_with(settings, stop, signals, metrics, health)
+}
+
+/// Waits until the cluster answers and the topics are right; an unreachable
+/// cluster is retried with back-off for `service.startup_timeout`.
+fn verify_topics(settings: &Settings, spec: &Spec, stop: &AtomicBool) -> Result<(), ServiceError> {
+    let deadline = Instant::now() + *settings.service.startup_timeout;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match topics::verify(settings, spec) {
+            Ok(()) => return Ok(()),
+            Err(TopicsError::Kafka(error))
+                if Instant::now() + backoff < deadline && !stop.load(Ordering::Relaxed) =>
+            {
+                tracing::warn!(%error, bootstrap = %settings.kafka.bootstrap_servers, "cluster not reachable yet; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(TopicsError::Kafka(error)) => {
+                return Err(TopicsError::Unreachable {
+                    bootstrap: settings.kafka.bootstrap_servers.clone(),
+                    waited: *settings.service.startup_timeout,
+                    error: error.to_string(),
+                }
+                .into())
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
 }
 
 /// [`run`] with the caller's metrics and health (tests and the benchmark
-/// read them).
+/// read them). `health` must have one entry per loop ([`loop_names`]).
 pub fn run_with(
     settings: &Settings,
     stop: Arc<AtomicBool>,
@@ -56,31 +103,85 @@ pub fn run_with(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> Result<(), ServiceError> {
-    let spec = Spec::load(settings.topics.spec_file.as_deref())?;
-    topics::verify(settings, &spec)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if signals {
+        runtime.spawn(shutdown::on_signal(stop.clone()));
+    }
     if settings.http.enabled {
         let addr: SocketAddr = settings.http.bind.parse().expect("validated");
+        let listener = http::bind(addr).map_err(|error| ServiceError::Bind { addr, error })?;
         let (m, h) = (metrics.clone(), health.clone());
+        let _guard = runtime.enter();
         runtime.spawn(async move {
-            if let Err(error) = http::serve(addr, m, h).await {
+            if let Err(error) = http::serve(listener, m, h).await {
                 tracing::error!(%error, "HTTP endpoints stopped");
             }
         });
     }
-    if signals {
-        runtime.spawn(shutdown::on_signal(stop.clone()));
+    let spec = Spec::load(settings.topics.spec_file.as_deref())?;
+    verify_topics(settings, &spec, &stop)?;
+    let table = settings.tier_table().map_err(EngineError::from)?;
+    let roles = roles(table.tiers().len());
+    let s = &settings.service;
+    let shared = Shared {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        limits: Arc::new(Limits::new(
+            s.max_in_flight,
+            s.max_in_flight_per_partition,
+            s.max_timer_records,
+            s.max_timer_bytes,
+            roles.len(),
+        )),
+        clock: Arc::new(OffsetEstimator::default()),
+    };
+    let limit_ms = settings.wheel.max_clock_skew.as_millis() as i64;
+    let names = loop_names(settings).map_err(EngineError::from)?;
+    let mut threads = Vec::new();
+    for (index, role) in roles.into_iter().enumerate() {
+        let consumer_loop = ConsumerLoop::new(settings, role, index, shared.clone())?;
+        let flag = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("kd-{}", names[index]))
+                .spawn(move || {
+                    let result = consumer_loop.run(&flag);
+                    // One loop failing stops the others: the process exits.
+                    flag.store(true, Ordering::Relaxed);
+                    result
+                })?,
+        );
     }
-    let engine = Engine::new(settings, metrics, health)?;
     tracing::info!(
         bootstrap = %settings.kafka.bootstrap_servers,
-        group = %settings.kafka.group_id,
+        groups = %settings.group_of("*"),
         "kafka-delay running"
     );
-    engine.run(&stop)?;
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    Ok(())
+    let mut warned = false;
+    while !threads.iter().all(|t| t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        let offset = shared.clock.estimate();
+        metrics.set_clock(offset, limit_ms);
+        match offset {
+            Some(ms) if ms.abs() > limit_ms && !warned => {
+                tracing::warn!(offset_ms = ms, limit_ms, "this instance's clock is off the broker's by more than wheel.max_clock_skew: records it routes may be late, and it may deliver early by that much; fix the clock (NTP)");
+                warned = true;
+            }
+            Some(ms) if ms.abs() <= limit_ms => warned = false,
+            _ => {}
+        }
+    }
+    let mut result = Ok(());
+    for t in threads {
+        match t.join() {
+            Ok(Err(error)) if result.is_ok() => result = Err(error.into()),
+            Ok(_) => {}
+            Err(_) => tracing::error!("a consumer loop panicked"),
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }

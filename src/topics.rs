@@ -29,10 +29,16 @@ pub enum TopicsError {
     Spec { path: String, error: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("kafka: {0}")]
+    #[error("kafka: {}", crate::kafka::describe(.0))]
     Kafka(#[from] KafkaError),
     #[error("{0}")]
     Drift(String),
+    #[error("no answer from the cluster at {bootstrap} (kafka.bootstrap_servers) within {waited:?}: {error}. Fix: check the address, the network and the credentials, or raise service.startup_timeout")]
+    Unreachable {
+        bootstrap: String,
+        waited: Duration,
+        error: String,
+    },
 }
 
 /// The spec file.
@@ -226,6 +232,12 @@ pub async fn apply(settings: &Settings, spec: &Spec) -> Result<Vec<Report>, Topi
         if let Some(min_isr) = &min_isr {
             topic = topic.set("min.insync.replicas", min_isr);
         }
+        if plan.min_retention_ms > 0 {
+            // Tier records are stamped by the broker: retention follows the
+            // broker's clock, and the service estimates its clock offset
+            // from the stamps (crate::clock).
+            topic = topic.set("message.timestamp.type", "LogAppendTime");
+        }
         for (k, v) in &spec.configs {
             topic = topic.set(k, v);
         }
@@ -301,6 +313,63 @@ pub fn has_drift(reports: &[Report]) -> bool {
     reports
         .iter()
         .any(|r| !matches!(r.status, Status::Ok | Status::Created))
+}
+
+/// The ACLs the service's `principal` needs, as `kafka-acls.sh` commands:
+/// read the ingress; read and write the tier topics (only the service may
+/// write them: a forged tier record is dead-lettered, but can still deliver
+/// to any allowed target); write the dead-letter topic and the targets;
+/// its consumer groups (`<group_id>.*`, prefixed); idempotent writes.
+pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>, TopicsError> {
+    let table = settings.tier_table()?;
+    let base = format!(
+        "kafka-acls.sh --bootstrap-server {} --add --allow-principal {principal}",
+        settings.kafka.bootstrap_servers
+    );
+    let ops = |list: &[&str]| {
+        list.iter()
+            .map(|o| format!("--operation {o}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut lines = vec![format!(
+        "{base} {} --topic {}",
+        ops(&["Read", "Describe"]),
+        settings.topics.ingress
+    )];
+    for tier in settings.tier_topics(&table) {
+        lines.push(format!(
+            "{base} {} --topic {tier}",
+            ops(&["Read", "Write", "Describe"])
+        ));
+    }
+    lines.push(format!(
+        "{base} {} --topic {}",
+        ops(&["Write", "Describe"]),
+        settings.topics.dead_letter
+    ));
+    lines.push(format!(
+        "{base} {} --group {}. --resource-pattern-type prefixed",
+        ops(&["Read", "Describe"]),
+        settings.kafka.group_id
+    ));
+    lines.push(format!("{base} {} --cluster", ops(&["IdempotentWrite"])));
+    let targets = match &settings.topics.allowed_targets {
+        Some(pattern) => format!(
+            "# targets: Write and Describe on every topic matching topics.allowed_targets ({pattern}), e.g.\n{base} {} --topic <target>",
+            ops(&["Write", "Describe"])
+        ),
+        None => format!(
+            "# targets: Write and Describe on the topics records are delivered to, e.g.\n{base} {} --topic <target>",
+            ops(&["Write", "Describe"])
+        ),
+    };
+    lines.push(targets);
+    lines.push(
+        "# Grant no other principal Write on the tier topics: they hold the service's own records."
+            .to_owned(),
+    );
+    Ok(lines)
 }
 
 /// Start-up check: every topic exists with the planned partition count.

@@ -11,8 +11,15 @@
 //!   slot `b mod slots_L`; a slot is `K` strided partitions;
 //! * a bucket is *released* (moved down) at `b·tick_L − lead_L`;
 //! * `lead_0` is configured (default 200 ms), `lead_L = 2·tick_(L−1)`;
-//! * `slots_L = ceil((tick_(L+1) + lead_(L+1)) / tick_L) + 2` below the top
-//!   tier, the top tier's slot count is configured;
+//! * `slots_L = ceil((tick_(L+1) + lead_(L+1)) / tick_L) + 2 + margin_L`
+//!   below the top tier, the top tier's slot count is configured;
+//! * records are routed into a tier only `slots_L − margin_L` buckets ahead,
+//!   with `margin_L = max(0, ceil((skew + 200 ms − lead_L) / tick_L) − 1)`:
+//!   a record that a writer whose clock is up to `skew` behind (plus 200 ms
+//!   of produce latency) appends to a bucket already released can never land
+//!   behind the head of that slot's next turn, so the owner finds it within
+//!   a watch interval. The margin is 0 with the default ticks and a 500 ms
+//!   skew: the default table stays 64 / 64 / 28 / 32;
 //! * records due within the due-soon window `2·tick_0 + lead_0` stay in memory.
 //!
 //! With that derivation a routed bucket's release time is always more than one
@@ -41,10 +48,20 @@ pub struct Tier {
     pub slots: i64,
     /// How long before its start a bucket is released, in ms.
     pub lead_ms: i64,
+    /// Slots kept free for clock skew: records are routed at most
+    /// `slots − margin` buckets ahead.
+    pub margin: i64,
 }
 
 impl Tier {
-    /// How far ahead this tier can hold records: `slots × tick`, in ms.
+    /// Buckets ahead of now a record may be routed: `slots − margin`.
+    pub fn reach(&self) -> i64 {
+        self.slots - self.margin
+    }
+}
+
+impl Tier {
+    /// How long this tier can hold a record: `slots × tick`, in ms.
     pub fn horizon_ms(&self) -> i64 {
         self.slots * self.tick_ms
     }
@@ -104,19 +121,24 @@ pub enum WheelError {
     TooManySlots { index: usize, slots: i64, max: i64 },
 }
 
+/// Produce latency the slot margin allows for, ms (DESIGN §2 simulations).
+pub const PRODUCE_LATENCY_MS: i64 = 200;
+
 /// Upper bound on the slots of one tier (a tier topic has `slots × K`
 /// partitions; Kafka clusters handle a few thousand per topic comfortably).
 pub const MAX_SLOTS: i64 = 4096;
 
 impl TierTable {
     /// Derives the table from the configured ticks (ms, ascending), the top
-    /// tier's slot count, the lead time of tier 0 (ms) and the maximum delay
-    /// (ms). Errors name the invariant that would break.
+    /// tier's slot count, the lead time of tier 0 (ms), the maximum delay
+    /// (ms) and the clock skew between instances to absorb (ms). Errors name
+    /// the invariant that would break.
     pub fn derive(
         ticks_ms: &[i64],
         top_slots: i64,
         lead0_ms: i64,
         max_delay_ms: i64,
+        skew_ms: i64,
     ) -> Result<Self, WheelError> {
         if ticks_ms.is_empty() {
             return Err(WheelError::NoTicks);
@@ -152,10 +174,12 @@ impl TierTable {
         let top = ticks_ms.len() - 1;
         let mut tiers = Vec::with_capacity(ticks_ms.len());
         for (index, &tick_ms) in ticks_ms.iter().enumerate() {
+            let late_by = skew_ms.max(0) + PRODUCE_LATENCY_MS - lead(index);
+            let margin = (div_ceil(late_by.max(0), tick_ms) - 1).max(0);
             let slots = if index == top {
                 top_slots
             } else {
-                div_ceil(ticks_ms[index + 1] + lead(index + 1), tick_ms) + 2
+                div_ceil(ticks_ms[index + 1] + lead(index + 1), tick_ms) + 2 + margin
             };
             if slots > MAX_SLOTS {
                 return Err(WheelError::TooManySlots {
@@ -168,12 +192,17 @@ impl TierTable {
                 tick_ms,
                 slots,
                 lead_ms: lead(index),
+                margin: if index == top {
+                    margin.min(slots - 3)
+                } else {
+                    margin
+                },
             });
         }
         let top = &tiers[top];
-        // A roll-over parks a record in bucket `floor(now/tick) + slots − 1`,
-        // released at the earliest `now + (slots − 2)·tick − lead`.
-        if (top.slots - 2) * top.tick_ms <= top.lead_ms {
+        // A roll-over parks a record in bucket `floor(now/tick) + reach − 1`,
+        // released at the earliest `now + (reach − 2)·tick − lead`.
+        if (top.reach() - 2) * top.tick_ms <= top.lead_ms {
             return Err(WheelError::TopTooShort {
                 tick_ms: top.tick_ms,
                 slots: top.slots,
@@ -204,8 +233,9 @@ impl TierTable {
     }
 
     /// Decides where a record due at `due` (epoch ms) goes at time `now`:
-    /// the lowest tier whose horizon (`bucket − floor(now/tick) < slots`)
-    /// covers it, or the top tier's farthest slot (roll-over).
+    /// the lowest tier whose reach (`bucket − floor(now/tick) < slots −
+    /// margin`) covers it, or the top tier's farthest reachable slot
+    /// (roll-over).
     pub fn route(&self, now: i64, due: i64) -> Route {
         let ahead = due.saturating_sub(now);
         if ahead <= 0 {
@@ -216,7 +246,7 @@ impl TierTable {
         }
         for (tier, t) in self.tiers.iter().enumerate() {
             let bucket = due.div_euclid(t.tick_ms);
-            if bucket - now.div_euclid(t.tick_ms) < t.slots {
+            if bucket - now.div_euclid(t.tick_ms) < t.reach() {
                 return Route::Tier {
                     tier,
                     bucket,
@@ -228,7 +258,7 @@ impl TierTable {
         let t = &self.tiers[tier];
         Route::Tier {
             tier,
-            bucket: now.div_euclid(t.tick_ms) + t.slots - 1,
+            bucket: now.div_euclid(t.tick_ms) + t.reach() - 1,
             rollover: true,
         }
     }

@@ -125,7 +125,7 @@ pub fn verify(
 ) -> Result<Verification, KafkaError> {
     let mut s = settings.clone();
     s.kafka.group_id = format!("bench-reader-{topic}-{}", now_ms());
-    let consumer: BaseConsumer = kafka::consumer_config(&s).create()?;
+    let consumer: BaseConsumer = kafka::consumer_config(&s, &s.kafka.group_id, false).create()?;
     consumer.subscribe(&[topic])?;
     let mut seen = vec![0_u32; expected];
     let mut v = Verification {

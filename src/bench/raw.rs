@@ -36,7 +36,7 @@ impl ProducerContext for Acks {
 pub fn copy(settings: &Settings, source: &str, dest: &str, n: u64) -> Result<f64, KafkaError> {
     let mut s = settings.clone();
     s.kafka.group_id = format!("bench-raw-{source}");
-    let consumer: BaseConsumer = kafka::consumer_config(&s)
+    let consumer: BaseConsumer = kafka::consumer_config(&s, &s.kafka.group_id, false)
         .set("enable.auto.offset.store", "true")
         .create()?;
     consumer.subscribe(&[source])?;

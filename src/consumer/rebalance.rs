@@ -1,160 +1,178 @@
-//! Rebalances: the consumer context that commits on revoke, and the loop's
-//! side of assign and revoke (partition state, timer entries, pause state).
+//! Rebalances of one consumer loop's group.
+//!
+//! librdkafka runs the rebalance callback inside `poll`, on the loop's
+//! thread. On revoke the callback waits (bounded) for in-flight produces,
+//! then commits the acknowledged prefix of each revoked partition through
+//! the committer thread (bounded wait) before librdkafka lets the
+//! partitions go. Both directions are queued as events for the loop, which
+//! updates its partition table (resuming every assigned partition
+//! explicitly), timer, parked records and retries right after `poll`.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-pub(super) enum RebalanceEvent {
-    Assigned(Vec<(String, i32, Assignment)>),
-    Revoked(Vec<(String, i32)>),
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::clock::now_ms;
+use crate::forwarder::DeliveryContext;
+use crate::health::LoopHealth;
+use crate::ledger::{Assignment, Ledger};
+use crate::metrics::Metrics;
+use crate::watcher::Committer;
+
+/// A rebalance, as the loop handles it after `poll`.
+pub enum RebalanceEvent {
+    Assigned(Vec<(i32, Assignment)>),
+    Revoked(Vec<i32>),
 }
 
-/// Consumer context: on revoke, waits (bounded) for in-flight produces,
-/// then stores and commits the acknowledged prefix of each revoked
-/// partition before librdkafka gives it up.
-pub struct RebalanceContext {
-    pub(super) shared: Arc<Shared>,
+/// Longest a revoke waits for in-flight produces and for its commit, each.
+/// The callback runs inside `poll`: it must stay well inside
+/// `max.poll.interval.ms`, or the member is dropped from the group.
+const REVOKE_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// The consumer context of one loop.
+pub struct GroupContext {
+    pub(super) topic: String,
+    pub(super) ledger: Arc<Ledger>,
     pub(super) producer: ThreadedProducer<DeliveryContext>,
-    pub(super) flush_timeout: Duration,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) health: Arc<crate::health::Health>,
+    pub(super) health_index: usize,
+    /// Set once the committer thread runs; taken away at shutdown.
+    pub(super) committer: Mutex<Option<Committer>>,
+    /// How long a revoke may wait for produces, and again for its commit:
+    /// a quarter of `max.poll.interval.ms`, at most [`REVOKE_WAIT_MAX`].
+    pub(super) revoke_wait: Duration,
+    pub(super) assigned: Mutex<BTreeSet<i32>>,
     pub(super) events: Mutex<Vec<RebalanceEvent>>,
     /// Set when `events` is non-empty: checked after every polled record.
     pub(super) events_pending: AtomicBool,
-    /// The last commit failed: commit again even if nothing moved.
-    pub(super) commit_failed: AtomicBool,
 }
 
-impl ClientContext for RebalanceContext {}
+impl GroupContext {
+    /// The revoke wait for a consumer with `max_poll_ms` (`max.poll.interval.ms`).
+    pub fn revoke_wait(max_poll_ms: u64) -> Duration {
+        Duration::from_millis(max_poll_ms / 4).min(REVOKE_WAIT_MAX)
+    }
 
-impl ConsumerContext for RebalanceContext {
+    fn loop_health(&self) -> &LoopHealth {
+        &self.health.loops[self.health_index].1
+    }
+
+    fn committer(&self) -> Option<Committer> {
+        self.committer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_assigned(&self, change: impl FnOnce(&mut BTreeSet<i32>)) {
+        let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut assigned);
+        self.loop_health()
+            .assigned
+            .store(assigned.len(), Ordering::Relaxed);
+        if let Some(c) = self.committer() {
+            c.set_assigned(assigned.iter().copied().collect());
+        }
+    }
+
+    fn push(&self, event: RebalanceEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
+        self.events_pending.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes the queued events.
+    pub(super) fn take_events(&self) -> Vec<RebalanceEvent> {
+        if !self.events_pending.swap(false, Ordering::Relaxed) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl ClientContext for GroupContext {
+    /// librdkafka's client-level errors. End-of-partition events arrive
+    /// here too (they are expected: the loop reads them from `poll`); the
+    /// rest are logged once each, without repeating values.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        {
+            return;
+        }
+        tracing::warn!(
+            topic = self.topic,
+            "librdkafka: {}: {reason}",
+            crate::kafka::describe(&error)
+        );
+    }
+}
+
+impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        self.metrics.rebalance();
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let mut book = self.shared.book();
-                let list = tpl
+                let mut book = self.ledger.book();
+                let list: Vec<(i32, Assignment)> = tpl
                     .elements()
                     .iter()
-                    .map(|e| {
-                        (
-                            e.topic().to_owned(),
-                            e.partition(),
-                            book.register(e.topic(), e.partition()),
-                        )
-                    })
+                    .filter(|e| e.topic() == self.topic)
+                    .map(|e| (e.partition(), book.register(e.topic(), e.partition())))
                     .collect();
-                events.push(RebalanceEvent::Assigned(list));
+                drop(book);
+                self.set_assigned(|a| a.extend(list.iter().map(|(p, _)| *p)));
+                self.loop_health().lost_since_ms.store(0, Ordering::Relaxed);
+                self.push(RebalanceEvent::Assigned(list));
             }
             Rebalance::Revoke(tpl) => {
-                if let Err(error) = self.producer.flush(self.flush_timeout) {
+                let lost = consumer.assignment_lost();
+                if lost {
+                    self.loop_health()
+                        .lost_since_ms
+                        .store(now_ms(), Ordering::Relaxed);
+                    tracing::warn!(
+                        topic = self.topic,
+                        "consumer group membership lost; rejoining"
+                    );
+                } else if let Err(error) = self.producer.flush(self.revoke_wait) {
                     tracing::warn!(%error, "in-flight records not acknowledged before revoke; they will be redelivered");
                 }
-                let mut commit = TopicPartitionList::new();
-                let mut list = Vec::new();
-                let mut book = self.shared.book();
-                for e in tpl.elements() {
+                let mut book = self.ledger.book();
+                let mut positions = Vec::new();
+                let mut revoked = Vec::new();
+                for e in tpl.elements().iter().filter(|e| e.topic() == self.topic) {
                     if let Some(position) = book.remove(e.topic(), e.partition()) {
-                        let _ = commit.add_partition_offset(
-                            e.topic(),
-                            e.partition(),
-                            Offset::Offset(position),
-                        );
+                        positions.push((e.partition(), position));
                     }
-                    list.push((e.topic().to_owned(), e.partition()));
+                    revoked.push(e.partition());
                 }
                 drop(book);
-                if commit.count() > 0 && !consumer.assignment_lost() {
-                    let _ = consumer.store_offsets(&commit);
-                    if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
-                        self.shared.metrics.commit_error();
-                        tracing::warn!(%error, "commit on revoke failed");
+                if !lost && !positions.is_empty() {
+                    let committed = self
+                        .committer()
+                        .is_some_and(|c| c.commit_and_wait(positions, self.revoke_wait));
+                    if !committed {
+                        tracing::warn!(topic = self.topic, "commit on revoke not confirmed; the next owner may redeliver some records");
                     }
                 }
-                events.push(RebalanceEvent::Revoked(list));
+                self.set_assigned(|a| {
+                    for p in &revoked {
+                        a.remove(p);
+                    }
+                });
+                self.push(RebalanceEvent::Revoked(revoked));
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
-        }
-        self.events_pending.store(true, Ordering::Relaxed);
-        self.shared.metrics.rebalance();
-    }
-}
-
-impl Core {
-    pub(super) fn handle_rebalances(&mut self, c: &Client, health: &Health) {
-        if !c.context().events_pending.swap(false, Ordering::Relaxed) {
-            return;
-        }
-        let events = std::mem::take(
-            &mut *c
-                .context()
-                .events
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        if events.is_empty() {
-            return;
-        }
-        let now = now_ms();
-        for event in events {
-            match event {
-                RebalanceEvent::Assigned(list) => {
-                    let mut committed = TopicPartitionList::new();
-                    for (topic, partition, id) in list {
-                        let Some(index) = self.topic_index(&topic) else {
-                            continue;
-                        };
-                        let tier = index.checked_sub(1);
-                        self.partitions
-                            .insert((index, partition), PartitionState::new(id, tier, now));
-                        committed.add_partition(&topic, partition);
-                    }
-                    self.load_start_offsets(c, committed);
-                    tracing::info!(assigned = self.partitions.len(), "partitions assigned");
-                }
-                RebalanceEvent::Revoked(list) => {
-                    for (topic, partition) in list {
-                        if let Some(index) = self.topic_index(&topic) {
-                            self.partitions.remove(&(index, partition));
-                        }
-                    }
-                    let book = self.shared.book();
-                    self.timer.retain(|s| book.is_live(s.ticket.assignment()));
-                    drop(book);
-                    tracing::info!(assigned = self.partitions.len(), "partitions revoked");
-                }
-            }
-        }
-        // Pause state does not survive a rebalance in librdkafka: re-apply.
-        let paused: Vec<((usize, i32), i64)> = self
-            .partitions
-            .iter()
-            .filter_map(|(k, p)| Some((*k, p.wake_at?)))
-            .collect();
-        for (key, until) in paused {
-            self.pause(c, key, until);
-        }
-        health
-            .assigned
-            .store(self.partitions.len(), Ordering::Relaxed);
-        health.joined.store(true, Ordering::Relaxed);
-    }
-
-    pub(super) fn load_start_offsets(&mut self, c: &Client, tpl: TopicPartitionList) {
-        if tpl.count() == 0 {
-            return;
-        }
-        match c.committed_offsets(tpl, Duration::from_secs(10)) {
-            Ok(committed) => {
-                for e in committed.elements() {
-                    let (Some(index), Offset::Offset(offset)) =
-                        (self.topic_index(e.topic()), e.offset())
-                    else {
-                        continue;
-                    };
-                    if let Some(state) = self.partitions.get_mut(&(index, e.partition())) {
-                        state.start_offset = Some(offset);
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot read committed offsets"),
         }
     }
 }

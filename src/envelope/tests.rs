@@ -19,7 +19,9 @@ fn parse<'a>(
     policy: &'a TargetPolicy,
 ) -> Result<Envelope<'a>, EnvelopeError> {
     parse_ingress(
-        headers.iter().map(|(k, v)| (*k, Some(v.as_bytes()))),
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
         Some(NOW - 1_000),
         NOW,
         policy,
@@ -182,6 +184,31 @@ fn error_text_explains_in_plain_words() {
         err.to_string(),
         "x-delay must be ASCII decimal milliseconds, got \"soon\""
     );
+    let long = "9".repeat(10_000) + "x";
+    let err = parse(&[("x-delay", &long), ("x-target-topic", "orders")], &p).unwrap_err();
+    assert!(
+        err.to_string().len() < 200,
+        "the error repeats the value: {err}"
+    );
+    assert!(err.to_string().contains("(10001 bytes)"), "{err}");
+}
+
+const PLACE: TierSlot = TierSlot {
+    tick_ms: 1_000,
+    slots: 64,
+    slot: 1_700_000_000 % 64,
+};
+
+fn tier<'a>(headers: &'a [(&'a str, &'a str)]) -> Result<Envelope<'a>, EnvelopeError> {
+    let p = policy();
+    parse_tier(
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+        PLACE,
+        1_699_999_990_000,
+        &p,
+    )
 }
 
 #[test]
@@ -193,12 +220,102 @@ fn tier_headers_round_trip() {
         (ORIGINAL_TIMESTAMP, "1699999999000"),
         ("user", "kept"),
     ];
-    let env = parse_tier(headers.iter().map(|(k, v)| (*k, Some(v.as_bytes())))).unwrap();
+    let env = tier(&headers).unwrap();
     assert_eq!(env.due_ms, 1_700_000_000_123);
     assert_eq!(env.target, "orders");
     assert_eq!(env.bucket, Some(1_700_000_000));
-    let missing = parse_tier(headers[1..].iter().map(|(k, v)| (*k, Some(v.as_bytes()))));
+    let missing = tier(&headers[1..]);
     assert_eq!(missing, Err(EnvelopeError::CorruptTierRecord(DUE_AT)));
+}
+
+#[test]
+fn forged_tier_records_are_refused() {
+    let ok = [
+        (DUE_AT, "1700000000123"),
+        (TARGET, "orders"),
+        (BUCKET, "1700000000"),
+        (ORIGINAL_TIMESTAMP, "1699999999000"),
+    ];
+    let with = |key: &'static str, value: &'static str| {
+        let mut h: Vec<(&str, &str)> = ok.iter().copied().filter(|(k, _)| *k != key).collect();
+        h.push((key, value));
+        h
+    };
+    let cases = [
+        // Another slot's bucket.
+        (with(BUCKET, "1700000001"), "slot"),
+        // A bucket far in the future would hold the partition for hours.
+        (
+            vec![
+                (DUE_AT, "1700006400500"),
+                (TARGET, "orders"),
+                (BUCKET, "1700006400"),
+                (ORIGINAL_TIMESTAMP, "1699999999000"),
+            ],
+            "horizon",
+        ),
+        (with(BUCKET, "1700000064"), "after the due time"),
+        // Due five years ahead: beyond max_delay instead of rolling over forever.
+        (with(DUE_AT, "1857680000000"), "maximum delay"),
+        // The target policy applies to tier records too.
+        (with(TARGET, "__consumer_offsets"), "internal"),
+        (with(TARGET, "delay.dlq"), "own topics"),
+    ];
+    for (headers, words) in cases {
+        let err = tier(&headers).unwrap_err();
+        assert!(err.to_string().contains(words), "{headers:?}: {err}");
+    }
+    let mut doubled = ok.to_vec();
+    doubled.push((TARGET, "orders"));
+    assert_eq!(
+        tier(&doubled),
+        Err(EnvelopeError::CorruptTierRecord(TARGET))
+    );
+}
+
+#[test]
+fn lookalike_routing_headers_are_refused() {
+    let p = policy();
+    for key in [
+        "X-Delay",
+        "x-delay ",
+        " x-delay",
+        "x-delay\0zz",
+        "X-TARGET-TOPIC",
+        "x-deliver-at\t",
+    ] {
+        let headers = [(key, "5"), ("x-target-topic", "orders")];
+        let err = parse_ingress(
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+            Some(NOW),
+            NOW,
+            &p,
+        );
+        assert_eq!(
+            err.map_err(|e| e.reason()),
+            Err("lookalike_header"),
+            "{key:?}"
+        );
+    }
+    // Other headers, even close ones, pass through untouched.
+    let headers = [("x-delay-foo", "1"), ("x-target-topic", "orders")];
+    assert!(parse(&headers, &p).is_ok());
+}
+
+#[test]
+fn epoch_seconds_in_deliver_at_are_refused() {
+    let p = policy();
+    let err = parse(
+        &[("x-deliver-at", "1700000060"), ("x-target-topic", "orders")],
+        &p,
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), "invalid_deliver_at");
+    assert!(err.to_string().contains("epoch seconds"), "{err}");
+    // Small values are a past instant: deliver now.
+    assert!(parse(&[("x-deliver-at", "0"), ("x-target-topic", "orders")], &p).is_ok());
 }
 
 proptest! {
@@ -213,7 +330,7 @@ proptest! {
     #[test]
     fn garbage_never_panics_and_never_schedules_early(raw in proptest::collection::vec(any::<u8>(), 0..24)) {
         let p = policy();
-        let headers = [("x-delay", Some(raw.as_slice())), ("x-target-topic", Some(b"orders".as_slice()))];
+        let headers = [(b"x-delay".as_slice(), Some(raw.as_slice())), (b"x-target-topic".as_slice(), Some(b"orders".as_slice()))];
         if let Ok(env) = parse_ingress(headers.into_iter(), Some(NOW), NOW, &p) {
             prop_assert!(raw.iter().all(u8::is_ascii_digit));
             prop_assert!(env.due_ms >= NOW);
@@ -225,12 +342,18 @@ proptest! {
 fn trusted_target_skips_only_its_own_checks() {
     let p = policy();
     let headers = [("x-target-topic", "orders")];
-    let iter = || headers.iter().map(|(k, v)| (*k, Some(v.as_bytes())));
+    let iter = || {
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes())))
+    };
     let env = parse_ingress_trusting(iter(), Some(NOW), NOW, &p, "orders").unwrap();
     assert_eq!(env.target, "orders");
     let other = [("x-target-topic", "payments")];
     let err = parse_ingress_trusting(
-        other.iter().map(|(k, v)| (*k, Some(v.as_bytes()))),
+        other
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
         Some(NOW),
         NOW,
         &p,

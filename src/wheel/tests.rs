@@ -9,7 +9,7 @@ const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 24 * HOUR;
 
 fn default_table() -> TierTable {
-    TierTable::derive(&[SEC, MIN, HOUR, DAY], 32, 200, 365 * DAY).unwrap()
+    TierTable::derive(&[SEC, MIN, HOUR, DAY], 32, 200, 365 * DAY, 0).unwrap()
 }
 
 #[test]
@@ -25,31 +25,31 @@ fn default_derivation_matches_the_design() {
 #[test]
 fn rejects_tables_that_cannot_keep_order() {
     assert_eq!(
-        TierTable::derive(&[], 32, 200, DAY),
+        TierTable::derive(&[], 32, 200, DAY, 0),
         Err(WheelError::NoTicks)
     );
     assert!(matches!(
-        TierTable::derive(&[SEC, 2 * SEC], 32, 200, DAY),
+        TierTable::derive(&[SEC, 2 * SEC], 32, 200, DAY, 0),
         Err(WheelError::TicksTooClose { index: 1, .. })
     ));
     assert!(matches!(
-        TierTable::derive(&[0], 32, 200, DAY),
+        TierTable::derive(&[0], 32, 200, DAY, 0),
         Err(WheelError::TickTooSmall { index: 0, .. })
     ));
     assert_eq!(
-        TierTable::derive(&[SEC], 2, 200, DAY),
+        TierTable::derive(&[SEC], 2, 200, DAY, 0),
         Err(WheelError::TooFewTopSlots(2))
     );
     assert!(matches!(
-        TierTable::derive(&[1, DAY], 32, 200, DAY),
+        TierTable::derive(&[1, DAY], 32, 200, DAY, 0),
         Err(WheelError::TooManySlots { index: 0, .. })
     ));
     assert!(matches!(
-        TierTable::derive(&[10], 3, 200, DAY),
+        TierTable::derive(&[10], 3, 200, DAY, 0),
         Err(WheelError::TopTooShort { .. })
     ));
     assert_eq!(
-        TierTable::derive(&[SEC], 32, 200, 0),
+        TierTable::derive(&[SEC], 32, 200, 0, 0),
         Err(WheelError::BadMaxDelay(0))
     );
 }
@@ -115,7 +115,7 @@ fn table_strategy() -> impl Strategy<Value = TierTable> {
                 let below = *ticks.last().unwrap();
                 ticks.push(below * r / 10 + 1);
             }
-            TierTable::derive(&ticks, top_slots, lead0, i64::MAX / 4)
+            TierTable::derive(&ticks, top_slots, lead0, i64::MAX / 4, 0)
         })
         .prop_filter_map("top tier shorter than its lead", Result::ok)
 }
@@ -271,4 +271,54 @@ proptest! {
             prop_assert_eq!(table.slot_of_partition(tier, p), slot);
         }
     }
+}
+
+proptest! {
+    /// A writer whose clock is up to `skew` behind may append a record to a
+    /// bucket that the owner already released; the slot margin guarantees
+    /// that, by then, no writer can have routed a record into that slot's
+    /// next turn, so the late record never waits behind a held head.
+    #[test]
+    fn late_appends_within_the_skew_bound_never_land_behind_a_later_turn(
+        t0 in 10_i64..=2_000,
+        ratio in 21_i64..=200,
+        skew in 0_i64..=5_000,
+        lag_permille in 0_i64..=1_000,
+        now in 1_600_000_000_000_i64..1_700_000_000_000,
+        ahead in 0_i64..=200_000,
+    ) {
+        let ticks = [t0, t0 * ratio / 10];
+        let table = TierTable::derive(&ticks, 8, 200, i64::MAX / 4, skew).unwrap();
+        let lag = skew * lag_permille / 1_000;
+        let writer = now - lag;
+        let due = writer + ahead;
+        let Route::Tier { tier, bucket, .. } = table.route(writer, due) else {
+            return Ok(());
+        };
+        let t = &table.tiers()[tier];
+        // The record reaches the broker up to PRODUCE_LATENCY_MS later.
+        let appended = now + PRODUCE_LATENCY_MS;
+        if table.release_time(tier, bucket) > appended {
+            return Ok(()); // not a late append
+        }
+        // The most advanced writer at that moment: the next turn of the slot
+        // must be out of its reach.
+        let next_turn_due = (bucket + t.slots) * t.tick_ms;
+        let route = table.route(appended, next_turn_due);
+        prop_assert!(
+            route != Route::Tier { tier, bucket: bucket + t.slots, rollover: false },
+            "{table:?}: bucket {bucket} appended late at {appended} while its next turn is routable"
+        );
+    }
+}
+
+#[test]
+fn the_default_table_keeps_its_slots_with_a_500ms_skew_margin() {
+    let table = TierTable::derive(&[SEC, MIN, HOUR, DAY], 32, 200, 365 * DAY, 500).unwrap();
+    let slots: Vec<i64> = table.tiers().iter().map(|t| t.slots).collect();
+    assert_eq!(slots, vec![64, 64, 28, 32]);
+    assert!(table.tiers().iter().all(|t| t.margin == 0));
+    let wide = TierTable::derive(&[250, 20 * SEC], 3, 200, DAY, 3_500).unwrap();
+    assert_eq!(wide.tiers()[0].margin, 13);
+    assert_eq!(wide.tiers()[0].reach(), 84);
 }

@@ -3,13 +3,16 @@
 //! service run in-process, and readers for target and dead-letter topics.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kafka_delay::config::Settings;
-use kafka_delay::consumer::{now_ms, Health};
+use kafka_delay::consumer::now_ms;
+use kafka_delay::health::Health;
 use kafka_delay::metrics::Metrics;
 use kafka_delay::{broker, demo, envelope, kafka, service, topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -38,15 +41,33 @@ pub fn unique_prefix(test: &str) -> String {
 
 /// Local settings under a unique prefix, topics applied, `targets` created.
 pub fn setup(test: &str, targets: &[&str]) -> (Settings, Vec<String>) {
+    setup_on(&bootstrap(), test, targets, &TICKS)
+}
+
+/// [`setup`] on the broker at `bootstrap` with tier `ticks`.
+pub fn setup_on(
+    bootstrap: &str,
+    test: &str,
+    targets: &[&str],
+    ticks: &[&str],
+) -> (Settings, Vec<String>) {
     let prefix = unique_prefix(test);
-    let settings = demo::local_settings(&bootstrap(), &prefix, &TICKS);
+    let settings = demo::local_settings(bootstrap, &prefix, ticks);
+    let targets = apply_topics(&settings, targets);
+    (settings, targets)
+}
+
+/// Applies the service's topics for `settings` and creates `targets`
+/// (names under the settings' prefix); returns the target names.
+pub fn apply_topics(settings: &Settings, targets: &[&str]) -> Vec<String> {
+    let prefix = settings.topics.tier_prefix.clone();
     let targets: Vec<String> = targets.iter().map(|t| format!("{prefix}{t}")).collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let reports = topics::apply(&settings, &topics::Spec::load(None).unwrap())
+        let reports = topics::apply(settings, &topics::Spec::load(None).unwrap())
             .await
             .unwrap();
         assert!(!topics::has_drift(&reports));
@@ -56,9 +77,9 @@ pub fn setup(test: &str, targets: &[&str]) -> (Settings, Vec<String>) {
             .map(String::as_str)
             .chain([warmup.as_str()])
             .collect();
-        demo::create_targets(&settings, &names, 3).await.unwrap();
+        demo::create_targets(settings, &names, 3).await.unwrap();
     });
-    (settings, targets)
+    targets
 }
 
 /// The service running in a thread; stopped (gracefully) on drop.
@@ -74,7 +95,7 @@ impl Service {
         let stop = Arc::new(AtomicBool::new(false));
         let labels = service::tier_labels(settings).unwrap();
         let metrics = Arc::new(Metrics::new(&labels));
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health::new(&service::loop_names(settings).unwrap()));
         let (s, flag, m, h) = (
             settings.clone(),
             stop.clone(),
@@ -85,7 +106,7 @@ impl Service {
             service::run_with(&s, flag, false, m, h).expect("service runs")
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !health.joined.load(Ordering::Relaxed) {
+        while !health.joined() {
             assert!(
                 Instant::now() < deadline,
                 "service did not join its group in 30 s"
@@ -193,7 +214,9 @@ impl Reader {
     pub fn start(settings: &Settings, topics: &[&str]) -> Self {
         let mut s = settings.clone();
         s.kafka.group_id = format!("{}reader-{}", settings.topics.tier_prefix, topics.join("+"));
-        let consumer: BaseConsumer = kafka::consumer_config(&s).create().unwrap();
+        let consumer: BaseConsumer = kafka::consumer_config(&s, &s.kafka.group_id, false)
+            .create()
+            .unwrap();
         consumer.subscribe(topics).unwrap();
         let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -224,12 +247,19 @@ impl Reader {
         }
     }
 
-    /// Waits until `expected` records arrived or `timeout` passed, then
-    /// `linger` more to catch duplicates; returns everything read.
+    /// Waits until `expected` distinct records arrived or `timeout` passed,
+    /// then `linger` more to catch duplicates; returns everything read.
     pub fn wait(mut self, expected: usize, timeout: Duration, linger: Duration) -> Vec<Arrival> {
         let deadline = Instant::now() + timeout;
-        while self.arrivals.lock().unwrap().len() < expected && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        let distinct = |arrivals: &[Arrival]| {
+            arrivals
+                .iter()
+                .map(|a| a.msg.payload().unwrap_or_default())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        while distinct(&self.arrivals.lock().unwrap()) < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(linger);
         self.stop.store(true, Ordering::Relaxed);
@@ -314,4 +344,19 @@ pub fn percentile(sorted: &[i64], p: f64) -> i64 {
         return 0;
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, whole response).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
 }

@@ -3,7 +3,10 @@
 //! Ticks are 50 ms / 500 ms / 5 s so that every tier, cascade and roll-over
 //! happens within seconds.
 
+mod bad_input;
+mod faults;
 mod helpers;
+mod never_stuck;
 mod process;
 
 use std::time::Duration;
@@ -298,7 +301,7 @@ fn topics_apply_is_idempotent_and_reports_wrong_partition_counts() {
         .find(|r| r.plan.name.ends_with("50ms"))
         .unwrap()
         .to_string();
-    assert!(line.contains("has 14 partitions"), "{line}");
+    assert!(line.contains("has 23 partitions"), "{line}");
     let err = kafka_delay::topics::verify(&changed, &spec)
         .unwrap_err()
         .to_string();

@@ -1,4 +1,5 @@
-//! Offset tracking for at-least-once delivery.
+//! The in-flight ledger: which source records are taken and not yet
+//! acknowledged, and the offsets that may be committed.
 //!
 //! A source offset may be committed only when every record at or below it has
 //! been delivered and acknowledged by the broker (DESIGN §3). Records of one
@@ -14,16 +15,20 @@
 //! per record, measured with `kafka-delay bench`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Bits of the sequence number in a [`Ticket`]. Sequence numbers wrap; that
-/// is harmless while fewer than 2^38 records of one partition are in flight.
-const SEQ_BITS: u32 = 38;
+/// is harmless while fewer than 2^34 records of one partition are in flight.
+const SEQ_BITS: u32 = 34;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 /// Bits of the generation: a slot reused by a later assignment has another
 /// generation, so late acknowledgements of the old one are ignored.
 const GEN_BITS: u32 = 8;
 /// Bits of the slot: at most 65 536 partitions assigned at once.
 const SLOT_BITS: u32 = 16;
+/// Where the caller's tag starts, and its width (6 bits).
+const TAG_SHIFT: u32 = SEQ_BITS + SLOT_BITS + GEN_BITS;
+const TAG_MASK: u8 = 0x3f;
 
 /// One assignment of one partition: slot and generation, packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,9 +48,9 @@ impl Assignment {
     }
 }
 
-/// A taken record: its assignment, its sequence number (mod 2^38) and two
-/// spare bits for the caller (the produce kind). Fits a `usize` on 64-bit
-/// targets.
+/// A taken record: its assignment, its sequence number (mod 2^34) and six
+/// spare bits for the caller (the produce kind and a reason). Fits a
+/// `usize` on 64-bit targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
 
@@ -63,15 +68,22 @@ impl Ticket {
         self.0 & SEQ_MASK
     }
 
-    /// The ticket with two caller bits (0–3) attached.
+    /// The ticket with six caller bits (0–63) attached.
     pub fn with_tag(self, tag: u8) -> u64 {
-        self.0 | (u64::from(tag & 3) << (SEQ_BITS + SLOT_BITS + GEN_BITS))
+        self.0 | (u64::from(tag & TAG_MASK) << TAG_SHIFT)
     }
 
     /// Splits a word made by [`Ticket::with_tag`].
     pub fn from_tagged(word: u64) -> (Self, u8) {
-        let shift = SEQ_BITS + SLOT_BITS + GEN_BITS;
-        (Self(word & ((1 << shift) - 1)), (word >> shift) as u8 & 3)
+        (
+            Self(word & ((1 << TAG_SHIFT) - 1)),
+            (word >> TAG_SHIFT) as u8 & TAG_MASK,
+        )
+    }
+
+    /// The ticket as a plain word (a map key).
+    pub fn word(self) -> u64 {
+        self.0
     }
 }
 
@@ -124,6 +136,13 @@ impl PartitionOffsets {
     /// Records taken but not yet delivered.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// True once the record with sequence number `seq` was delivered (or
+    /// never taken).
+    pub fn is_done(&self, seq: u64) -> bool {
+        let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
+        self.pending.get(index).is_none_or(|&(_, done)| done)
     }
 }
 
@@ -250,6 +269,75 @@ impl Book {
     }
 }
 
+impl Book {
+    /// Records of `assignment` taken but not yet acknowledged (0 when revoked).
+    pub fn in_flight_of(&self, assignment: Assignment) -> usize {
+        if !self.is_live(assignment) {
+            return 0;
+        }
+        self.entries[assignment.slot()]
+            .as_ref()
+            .map_or(0, |e| e.offsets.in_flight())
+    }
+
+    /// True once the record of `ticket` (a [`Ticket::word`]) was delivered,
+    /// or its partition revoked.
+    pub fn is_done(&self, word: u64) -> bool {
+        let ticket = Ticket(word);
+        let assignment = ticket.assignment();
+        if !self.is_live(assignment) {
+            return true;
+        }
+        self.entries[assignment.slot()]
+            .as_ref()
+            .is_none_or(|e| e.offsets.is_done(ticket.seq()))
+    }
+
+    /// Commit position of one partition, if anything was taken.
+    pub fn position_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        let assignment = *self.ids.get(&(topic.to_owned(), partition))?;
+        self.entries[assignment.slot()]
+            .as_ref()?
+            .offsets
+            .commit_position()
+    }
+}
+
+/// The book of one consumer loop plus the acknowledgements its producer's
+/// thread reports. Only the loop's thread (which also runs the rebalance
+/// callbacks) locks the book, so that lock is never contended; the
+/// producer's thread appends to `acks`, which the loop swaps out in one go.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    book: Mutex<Book>,
+    acks: Mutex<Vec<Ticket>>,
+}
+
+impl Ledger {
+    /// Locks the book as it is (enough to take new offsets).
+    pub fn book_unacked(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the book with every acknowledgement received so far applied.
+    pub fn book(&self) -> MutexGuard<'_, Book> {
+        let mut book = self.book_unacked();
+        let acks = std::mem::take(&mut *self.acks.lock().unwrap_or_else(PoisonError::into_inner));
+        for ticket in acks {
+            book.done(ticket);
+        }
+        book
+    }
+
+    /// An acknowledgement from the producer's thread.
+    pub fn acknowledge(&self, ticket: Ticket) {
+        self.acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(ticket);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,8 +388,8 @@ mod tests {
         let b = p.take(1).unwrap();
         let c = p.take(2).unwrap();
         let ticket = Ticket::new(Assignment::new(7, 3), c);
-        let (back, tag) = Ticket::from_tagged(ticket.with_tag(2));
-        assert_eq!((back, tag), (ticket, 2));
+        let (back, tag) = Ticket::from_tagged(ticket.with_tag(45));
+        assert_eq!((back, tag), (ticket, 45));
         assert_eq!(back.assignment(), Assignment::new(7, 3));
         p.done(back.seq());
         p.done(b & SEQ_MASK);

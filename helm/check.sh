@@ -9,9 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=${TOOLS:-$PWD/.tools}
 KUBE_VERSION=${KUBE_VERSION:-1.33.0}
-[ -x "$TOOLS/bin/helm" ] || TOOLS=$TOOLS helm/install-tools.sh >/dev/null
+TOOLS=$TOOLS helm/install-tools.sh >/dev/null
 HELM=${HELM:-$TOOLS/bin/helm}
-export PYTHONPATH="$TOOLS/py${PYTHONPATH:+:$PYTHONPATH}"
+PY="$TOOLS/venv/bin/python"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 yamllint_config='{extends: default, rules: {document-start: disable, line-length: {max: 160}, indentation: {spaces: 2, indent-sequences: whatever}, truthy: {check-keys: false}}}'
@@ -22,7 +22,7 @@ binary=target/debug/kafka-delay
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=check-ca \
   -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
 
-python3 -m yamllint -s -d "$yamllint_config" helm/Chart.yaml helm/values.yaml helm/ci/
+"$PY" -m yamllint -s -d "$yamllint_config" helm/Chart.yaml helm/values.yaml helm/ci/
 
 scenarios=("")
 for f in helm/ci/*-values.yaml; do scenarios+=("$f"); done
@@ -32,8 +32,8 @@ for values in "${scenarios[@]}"; do
   echo "== ${values:-default values}"
   "$HELM" lint --strict --quiet --kube-version "$KUBE_VERSION" helm "${args[@]}"
   "$HELM" template check helm --kube-version "$KUBE_VERSION" "${args[@]}" > "$work/rendered.yaml"
-  python3 -m yamllint -s -d "$yamllint_config" "$work/rendered.yaml"
-  python3 - "$work" <<'PY'
+  "$PY" -m yamllint -s -d "$yamllint_config" "$work/rendered.yaml"
+  "$PY" - "$work" <<'PY'
 import os, sys, yaml
 work = sys.argv[1]
 docs = [d for d in yaml.safe_load_all(open(os.path.join(work, "rendered.yaml"))) if d]
@@ -52,7 +52,7 @@ for i, d in enumerate(configs):
     open(os.path.join(work, f"config-{i}.toml"), "w").write(d["data"]["config.toml"])
 print(f"   {len(core)} resources, {len(crds)} Prometheus Operator resources, {len(configs)} configs")
 PY
-  python3 -m kubernetes_validate --strict --quiet -k "$KUBE_VERSION" "$work/core.yaml"
+  "$PY" -m kubernetes_validate --strict --quiet -k "$KUBE_VERSION" "$work/core.yaml"
   for config in "$work"/config-*.toml; do
     # The pod gets credentials from Secrets through environment overrides;
     # stand-ins here (and a throwaway CA for the mounted CA file).

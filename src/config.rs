@@ -330,12 +330,15 @@ impl Settings {
         .into_iter()
         .map(|(k, v)| (format!("KAFKA_DELAY__{k}"), v))
         .collect::<Vec<_>>();
-        for (k, v) in &self.kafka.consumer_properties {
-            let key = k.replace('.', "_").to_uppercase();
-            env.push((
-                format!("KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__{key}"),
-                v.clone(),
-            ));
+        for (section, map) in [
+            ("PROPERTIES", &self.kafka.properties),
+            ("CONSUMER_PROPERTIES", &self.kafka.consumer_properties),
+            ("PRODUCER_PROPERTIES", &self.kafka.producer_properties),
+        ] {
+            for (k, v) in map {
+                let key = k.replace('.', "_").to_uppercase();
+                env.push((format!("KAFKA_DELAY__KAFKA__{section}__{key}"), v.clone()));
+            }
         }
         env
     }

@@ -137,6 +137,10 @@ fn main() -> ExitCode {
                 };
             }
             telemetry::init(&settings.log);
+            if let Err(error) = check_clients(&settings) {
+                eprintln!("kafka-delay: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             match service::run(&settings, Arc::new(AtomicBool::new(false)), true) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => fail(error),

@@ -74,9 +74,13 @@ fn verify_topics(settings: &Settings, spec: &Spec, stop: &AtomicBool) -> Result<
     loop {
         match topics::verify(settings, spec) {
             Ok(()) => return Ok(()),
+            Err(TopicsError::Kafka(error @ rdkafka::error::KafkaError::ClientConfig(..))) => {
+                return Err(TopicsError::Kafka(error).into())
+            }
             Err(TopicsError::Kafka(error))
                 if Instant::now() + backoff < deadline && !stop.load(Ordering::Relaxed) =>
             {
+                let error = crate::kafka::describe(&error);
                 tracing::warn!(%error, bootstrap = %settings.kafka.bootstrap_servers, "cluster not reachable yet; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -85,7 +89,7 @@ fn verify_topics(settings: &Settings, spec: &Spec, stop: &AtomicBool) -> Result<
                 return Err(TopicsError::Unreachable {
                     bootstrap: settings.kafka.bootstrap_servers.clone(),
                     waited: *settings.service.startup_timeout,
-                    error: error.to_string(),
+                    error: crate::kafka::describe(&error),
                 }
                 .into())
             }

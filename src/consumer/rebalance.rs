@@ -157,11 +157,11 @@ impl ConsumerContext for GroupContext {
                     revoked.push(e.partition());
                 }
                 drop(book);
-                if !lost && !positions.is_empty() {
-                    let committed = self
-                        .committer()
-                        .is_some_and(|c| c.commit_and_wait(positions, self.revoke_wait));
-                    if !committed {
+                // No committer: the loop is closing and committed already.
+                if let (false, false, Some(committer)) =
+                    (lost, positions.is_empty(), self.committer())
+                {
+                    if !committer.commit_and_wait(positions, self.revoke_wait) {
                         tracing::warn!(topic = self.topic, "commit on revoke not confirmed; the next owner may redeliver some records");
                     }
                 }

@@ -361,3 +361,76 @@ fn trusted_target_skips_only_its_own_checks() {
     );
     assert_eq!(err.unwrap_err().reason(), "forbidden_target");
 }
+
+/// Keys a producer might send: the routing headers, the service's own, look-alikes.
+const KEY_SEEDS: [&[u8]; 10] = [
+    b"x-delay",
+    b"x-deliver-at",
+    b"x-target-topic",
+    b"X-Delay",
+    b"x-delay\0",
+    b" x-target-topic",
+    b"x-delay-error",
+    b"x-delay-bucket",
+    b"x-delay-due-at",
+    b"x-delay-target",
+];
+
+fn header_strategy() -> impl Strategy<Value = (Vec<u8>, Option<Vec<u8>>)> {
+    let key = prop_oneof![
+        proptest::sample::select(KEY_SEEDS.to_vec()).prop_map(<[u8]>::to_vec),
+        proptest::collection::vec(any::<u8>(), 0..24),
+    ];
+    let value = proptest::option::of(prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..40),
+        "[0-9]{0,20}".prop_map(String::into_bytes),
+        "-?[0-9]{1,13}".prop_map(String::into_bytes),
+        proptest::sample::select(vec![b"orders".to_vec(), b"__consumer_offsets".to_vec()]),
+    ]);
+    (key, value)
+}
+
+fn fuzz_cases() -> u32 {
+    std::env::var("KAFKA_DELAY_FUZZ_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(2_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+    /// Arbitrary header bytes through the consumer's own path: librdkafka's
+    /// header objects, the byte-exact key reader, then the ingress and tier
+    /// parsers. Never a panic; every record either parses (never early) or
+    /// gets a reason from the fixed set.
+    #[test]
+    fn fuzz_header_bytes_are_routed_or_dead_lettered(
+        headers in proptest::collection::vec(header_strategy(), 0..8),
+        timestamp in proptest::option::of(0_i64..2_000_000_000_000),
+    ) {
+        let mut out = crate::native::OutHeaders::with_capacity(headers.len());
+        for (k, v) in &headers {
+            out.add(k, v.as_deref());
+        }
+        let view = crate::native::HeaderView::of(&out);
+        let read: Vec<_> = view.iter().collect();
+        prop_assert_eq!(read.len(), headers.len());
+        static POLICY: std::sync::OnceLock<TargetPolicy> = std::sync::OnceLock::new();
+        let p = POLICY.get_or_init(policy);
+        match parse_ingress(view.iter(), timestamp, NOW, p) {
+            Ok(env) => {
+                prop_assert!(env.due_ms >= 0 || timestamp.is_some_and(|t| t < 0));
+                prop_assert!(is_valid_topic_name(env.target));
+            }
+            Err(e) => {
+                prop_assert!(EnvelopeError::REASONS.contains(&e.reason()));
+                prop_assert!(e.to_string().len() < 400, "error text grows with the input: {e}");
+            }
+        }
+        match parse_tier(view.iter(), PLACE, NOW, p) {
+            Ok(env) => prop_assert!(env.bucket.is_some()),
+            Err(e) => prop_assert!(EnvelopeError::REASONS.contains(&e.reason())),
+        }
+    }
+}

@@ -440,3 +440,85 @@ fn forged_tier_records_are_dead_lettered_without_blocking_their_partition() {
         Some("genuine")
     );
 }
+
+#[test]
+fn a_refusing_dead_letter_topic_stops_the_partition_until_it_accepts() {
+    use crate::faults::{heavy, wait_until, Instance};
+    let _heavy = heavy();
+    let (mut settings, targets) = setup("dlqgone", &["target"]);
+    let target = &targets[0];
+    settings
+        .kafka
+        .producer_properties
+        .insert("topic.metadata.propagation.max.ms".into(), "1000".into());
+    let instance = Instance::start("A", &settings);
+    instance.wait_ready(Duration::from_secs(30));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin: rdkafka::admin::AdminClient<_> = kafka_delay::kafka::admin_config(&settings)
+        .create()
+        .unwrap();
+    let options = rdkafka::admin::AdminOptions::new();
+    runtime
+        .block_on(admin.delete_topics(&[&settings.topics.dead_letter], &options))
+        .unwrap();
+    let producer = producer(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    publish_raw(
+        &producer,
+        &settings.topics.ingress,
+        Some(0),
+        b"k",
+        b"bad",
+        &[(b"x-delay", Some(b"soon"))],
+    );
+    for i in 0..5 {
+        let v = format!("v{i}");
+        publish_raw(
+            &producer,
+            &settings.topics.ingress,
+            Some(0),
+            b"k",
+            v.as_bytes(),
+            &[(b"x-target-topic", Some(target.as_bytes()))],
+        );
+    }
+    // Blocked, not spinning, not skipping: readiness goes false.
+    let blocked = wait_until(Duration::from_secs(30), || {
+        instance
+            .metric("kafka_delay_partitions_blocked{source=\"ingress\"}")
+            .is_some_and(|n| n >= 1.0)
+    });
+    assert!(blocked, "the partition was not blocked");
+    assert!(
+        wait_until(Duration::from_secs(10), || http_get(
+            &instance.http,
+            "/readyz"
+        )
+        .is_some_and(|(s, _)| s == 503)),
+        "readiness must fail while the dead-letter topic refuses records"
+    );
+    // The dead-letter topic comes back: the dead letter lands, nothing is lost.
+    runtime.block_on(async {
+        let topic = rdkafka::admin::NewTopic::new(
+            &settings.topics.dead_letter,
+            3,
+            rdkafka::admin::TopicReplication::Fixed(1),
+        );
+        admin.create_topics(&[topic], &options).await.unwrap();
+    });
+    let dead = dead_letters(&settings, 1);
+    assert_eq!(dead.first().map(Arrival::value).as_deref(), Some("bad"));
+    let arrivals = reader.wait(5, Duration::from_secs(60), Duration::ZERO);
+    assert_all_arrived_never_early(&arrivals, 5);
+    assert!(
+        wait_until(Duration::from_secs(30), || http_get(
+            &instance.http,
+            "/readyz"
+        )
+        .is_some_and(|(s, _)| s == 200)),
+        "ready again once the dead-letter topic accepts records"
+    );
+}

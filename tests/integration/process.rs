@@ -242,3 +242,74 @@ fn two_instances_share_the_wheel_and_survive_losing_one() {
     assert!(worst < 20_000, "worst lateness {worst} ms");
     println!("failover: {n} records, worst lateness {worst} ms, {duplicates} duplicates");
 }
+
+#[test]
+fn startup_errors_name_the_key_and_never_print_secrets() {
+    // A misspelt secret property: named, its value never printed.
+    let dir = std::env::temp_dir().join(format!("kd-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret.toml");
+    std::fs::write(
+        &file,
+        "[kafka.properties]\n\"sasl.passwrod\" = \"hunter2-do-not-print\"\n",
+    )
+    .unwrap();
+    for args in [&["run", "--check"][..], &["run"], &["topics", "apply"]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .env("KAFKA_DELAY__SERVICE__STARTUP_TIMEOUT", "2s")
+            .env("KAFKA_DELAY__HTTP__ENABLED", "false")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} printed the secret: {text}"
+        );
+        assert!(
+            text.contains("sasl.passwrod"),
+            "{args:?} does not name the key: {text}"
+        );
+    }
+
+    // The metrics port is taken: start-up stops and says which key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .arg("run")
+        .env("KAFKA_DELAY__HTTP__BIND", &addr)
+        .env("KAFKA_DELAY__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("http.bind") && stderr.contains(&addr),
+        "{stderr}"
+    );
+
+    // No broker: retried for service.startup_timeout, then named.
+    let begun = Instant::now();
+    let out = Command::new(BIN)
+        .arg("run")
+        .env("KAFKA_DELAY__HTTP__ENABLED", "false")
+        .env("KAFKA_DELAY__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .env("KAFKA_DELAY__SERVICE__STARTUP_TIMEOUT", "3s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("kafka.bootstrap_servers") && stderr.contains("127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(
+        begun.elapsed() < Duration::from_secs(30),
+        "gave up after {:?}",
+        begun.elapsed()
+    );
+}

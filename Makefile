@@ -39,25 +39,26 @@ demo-broker:
 
 ## End-to-end demo: local broker, topics, service, records into every tier.
 demo: deps demo-broker
-	KAFKA_DELAY_BROKER_BIN=$(DEMO_BROKER) cargo run --quiet -- demo
+	KAFKA_DELAY_BROKER_BIN=$(DEMO_BROKER) cargo run --quiet -p kafka-delay-tools -- demo
 
 ## All tests: unit and property tests, then integration tests on a real broker.
 test: deps broker
-	RUST_BACKTRACE=0 cargo test --all-targets
+	RUST_BACKTRACE=0 cargo test --workspace --all-targets
 
 ## Header fuzzing for longer than `make test` does (cases through librdkafka's
 ## own header objects and both parsers; see src/envelope/tests.rs).
 FUZZ_CASES ?= 200000
 fuzz:
-	KAFKA_DELAY_FUZZ_CASES=$(FUZZ_CASES) cargo test --lib fuzz_header -- --nocapture
+	KAFKA_DELAY_FUZZ_CASES=$(FUZZ_CASES) cargo test -p kafka-delay --lib fuzz_header -- --nocapture
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 ## Benchmark against a raw rdkafka copy on the same local broker (release build).
 bench: deps broker
-	cargo run --release -- bench
+	cargo build --release --workspace --bins
+	./target/release/kafka-delay-tools bench $(BENCH_ARGS)
 
 ## Helm chart: lint, render and validate every scenario offline; the
 ## rendered configuration must pass `kafka-delay run --check`.

@@ -164,7 +164,22 @@ impl ConsumerLoop {
             Role::Tier(t) => crate::config::tick_label(table.tiers()[t].tick_ms),
         });
         let eof = matches!(role, Role::Tier(_));
-        let config = kafka::consumer_config(settings, &group, eof);
+        let mut config = kafka::consumer_config(settings, &group, eof);
+        if let Role::Tier(t) = role {
+            // Brokers that do not wake a waiting fetch (Tansu) answer an
+            // empty partition after fetch.wait.max.ms: a tier loop can wait
+            // longer than the ingress (half its lead time, at most 100 ms) and
+            // so fetch its drained partitions far less often.
+            let user_set = settings.kafka.properties.contains_key("fetch.wait.max.ms")
+                || settings
+                    .kafka
+                    .consumer_properties
+                    .contains_key("fetch.wait.max.ms");
+            if !user_set {
+                let wait = (table.tiers()[t].lead_ms / 2).clamp(10, 100);
+                config.set("fetch.wait.max.ms", wait.to_string());
+            }
+        }
         let max_poll_ms = config
             .get("max.poll.interval.ms")
             .and_then(|v| v.parse().ok())
@@ -202,6 +217,14 @@ impl ConsumerLoop {
             Role::Tier(_) => None,
         };
         let policy_ms = |d: &humantime_serde::Serde<Duration>| d.as_millis() as i64;
+        // At most one tick of the tier (at least 100 ms): an empty fine-tick
+        // partition would otherwise stay awake, fetching, most of its turn.
+        let grace_ms = match role {
+            Role::Tier(t) => {
+                policy_ms(&settings.wheel.grace).min(table.tiers()[t].tick_ms.max(100))
+            }
+            Role::Ingress => policy_ms(&settings.wheel.grace),
+        };
         Ok(Self {
             role,
             index,
@@ -212,7 +235,7 @@ impl ConsumerLoop {
             table,
             policy,
             lanes: settings.wheel.partitions_per_slot,
-            grace_ms: policy_ms(&settings.wheel.grace),
+            grace_ms,
             ledger,
             forwarder,
             failures: Failures::new(RetryPolicy {
@@ -309,7 +332,12 @@ impl ConsumerLoop {
             timeout = Duration::ZERO;
             match result {
                 Ok(msg) => self.on_record(&msg, now_ms()),
-                Err(KafkaError::PartitionEOF(p)) => self.partitions.note_eof(p, now_ms()),
+                Err(KafkaError::PartitionEOF(p)) => {
+                    // The fetch response that ended the partition just
+                    // refreshed librdkafka's cached high watermark.
+                    let end = crate::native::cached_high_watermark(&consumer, &self.topic, p);
+                    self.partitions.note_eof(p, end, now_ms());
+                }
                 Err(error) => {
                     tracing::warn!(%error, topic = self.topic, "consumer error");
                     return;

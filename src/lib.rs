@@ -22,16 +22,15 @@
 //! * [`topics`] — topic specs and `topics apply`;
 //! * [`clock`], [`health`], [`metrics`], [`http`], [`telemetry`],
 //!   [`shutdown`] — operations;
-//! * [`service`] (`run`), [`produce`], [`bench`], [`broker`] (a local broker
-//!   for the demo, benchmark and tests), [`kafka`] (client settings);
+//! * [`service`] (`run`), [`produce`], [`kafka`] (client settings);
 //! * `main.rs` — the CLI.
+//!
+//! The demo, the benchmark and the local broker launcher live in the
+//! `kafka-delay-tools` workspace member (`tools/`), outside this binary.
 
-pub mod bench;
-pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod consumer;
-pub mod demo;
 pub mod envelope;
 pub mod forwarder;
 pub mod health;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kafka_delay::config::Settings;
-use kafka_delay::{demo, produce, service, telemetry, topics};
+use kafka_delay::{produce, service, telemetry, topics};
 
 /// Delayed delivery for Apache Kafka: records with an `x-delay` or
 /// `x-deliver-at` header on the ingress topic appear on their
@@ -65,12 +65,6 @@ enum Command {
         /// Record value; omit to read values from standard input.
         value: Option<String>,
     },
-    /// Start a local broker and the service, publish records into every
-    /// tier and print their arrivals with lateness.
-    Demo,
-    /// Measure throughput, lateness, writes per record and memory beside a
-    /// raw rdkafka copy on the same (local, by default) broker.
-    Bench(kafka_delay::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -221,26 +215,6 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(error) => fail(kafka_delay::kafka::describe(&error)),
-            }
-        }
-        Command::Bench(args) => {
-            telemetry::init(&kafka_delay::config::LogSettings {
-                filter: "warn".into(),
-                ..Default::default()
-            });
-            match kafka_delay::bench::run(&args) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) => fail(error),
-            }
-        }
-        Command::Demo => {
-            telemetry::init(&kafka_delay::config::LogSettings {
-                filter: "warn".into(),
-                ..Default::default()
-            });
-            match demo::run() {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) => fail(error),
             }
         }
     }

@@ -350,5 +350,31 @@ pub unsafe fn produce(
     }
 }
 
+/// librdkafka's locally cached high watermark of a partition, as last seen
+/// in a fetch response (no broker round trip); None when unknown. Fresh
+/// only right after a fetch response — e.g. when its end-of-partition event
+/// is polled.
+pub fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    use rdkafka::consumer::Consumer;
+    let topic = CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client is live for the consumer's lifetime; the call only
+    // reads local state into the two out-parameters.
+    let err = unsafe {
+        rdsys::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
 #[cfg(test)]
 mod tests;

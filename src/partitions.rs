@@ -281,10 +281,14 @@ impl PartitionTable {
     }
 
     /// librdkafka reported the end of `p` (polled after our last resume of
-    /// it, so fresh).
-    pub fn note_eof(&mut self, p: i32, now_ms: i64) {
+    /// it, so fresh); `end` is the end offset that fetch response carried,
+    /// when known — the position of a partition that read nothing yet.
+    pub fn note_eof(&mut self, p: i32, end: Option<i64>, now_ms: i64) {
         if let Some(part) = self.get_mut(p) {
             if part.phase == Phase::Fetching && !part.paused {
+                if part.next_offset.is_none() {
+                    part.next_offset = end;
+                }
                 part.drained = true;
                 part.drained_at_ms = Some(now_ms);
                 part.last_progress_ms = now_ms;

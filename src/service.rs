@@ -19,9 +19,9 @@ use crate::{config, http, shutdown};
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Engine(Box<EngineError>),
     #[error(transparent)]
-    Topics(#[from] TopicsError),
+    Topics(Box<TopicsError>),
     #[error("cannot serve HTTP on {addr} (http.bind): {error}. Fix: free the port or set http.bind to another address")]
     Bind {
         addr: SocketAddr,
@@ -29,6 +29,18 @@ pub enum ServiceError {
     },
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<EngineError> for ServiceError {
+    fn from(error: EngineError) -> Self {
+        Self::Engine(Box::new(error))
+    }
+}
+
+impl From<TopicsError> for ServiceError {
+    fn from(error: TopicsError) -> Self {
+        Self::Topics(Box::new(error))
+    }
 }
 
 /// Tier labels for metrics, lowest tier first.

@@ -52,6 +52,7 @@ fn a_held_head_pauses_until_its_release_then_fetching_resumes() {
         Phase::Holding { release_ms: 1_000 }
     );
     assert!(t.get(1).unwrap().paused);
+    assert_eq!(f.requests(), vec![PauseRequest::Pause(vec![1])]);
     t.defer(1, record(11));
     assert_eq!(t.due(999), Vec::<i32>::new());
     assert_eq!(t.due(1_000), vec![1]);
@@ -81,7 +82,7 @@ fn only_a_fresh_end_of_partition_lets_a_partition_sleep() {
     t.sleep_drained(10_000, 1_000, next_turn);
     assert_eq!(t.get(0).unwrap().phase, Phase::Fetching);
     t.note_record(0, 3, 9_000);
-    t.note_eof(0, 10_000);
+    t.note_eof(0, None, 10_000);
     t.sleep_drained(10_500, 1_000, next_turn);
     assert_eq!(t.get(0).unwrap().phase, Phase::Fetching, "grace not over");
     t.sleep_drained(11_000, 1_000, next_turn);
@@ -97,7 +98,7 @@ fn only_a_fresh_end_of_partition_lets_a_partition_sleep() {
     assert_eq!(t.get(0).unwrap().phase, Phase::Fetching);
     // An EOF of a paused partition is stale and ignored.
     t.set_throttled(0, true, 70_000);
-    t.note_eof(0, 70_001);
+    t.note_eof(0, None, 70_001);
     t.set_throttled(0, false, 70_002);
     t.sleep_drained(80_000, 1_000, next_turn);
     assert_eq!(t.get(0).unwrap().phase, Phase::Fetching);
@@ -108,7 +109,7 @@ fn the_watcher_wakes_sleepers_with_new_records_and_resumes_stalled_partitions() 
     let (mut t, _f) = table(0);
     for p in 0..3 {
         t.note_record(p, 9, 100);
-        t.note_eof(p, 100);
+        t.note_eof(p, None, 100);
     }
     t.sleep_drained(2_000, 1_000, |_| 60_000);
     assert_eq!(t.counts(), (3, 0));
@@ -148,7 +149,7 @@ fn the_watcher_wakes_sleepers_with_new_records_and_resumes_stalled_partitions() 
 fn an_empty_partition_sleeps_only_once_its_end_offset_is_known() {
     let (mut t, _f) = table(0);
     // Drained without a single record: librdkafka's EOF gives no offset.
-    t.note_eof(0, 100);
+    t.note_eof(0, None, 100);
     t.sleep_drained(5_000, 1_000, |_| 60_000);
     assert_eq!(t.get(0).unwrap().phase, Phase::Fetching, "position unknown");
     let before = WatchReport {

@@ -152,7 +152,7 @@ fn records_written_by_a_slow_clock_into_a_released_bucket_arrive_within_bounds()
     // records into tier-0 buckets that the other instance already released.
     let ticks = ["250ms", "20s"];
     let prefix = unique_prefix("skew");
-    let mut settings = kafka_delay::demo::local_settings(&bootstrap(), &prefix, &ticks);
+    let mut settings = kafka_delay_tools::demo::local_settings(&bootstrap(), &prefix, &ticks);
     // The tier table absorbs clocks up to 3.5 s apart (slot margin, see
     // wheel.rs): late appends never wait behind a later turn.
     settings.wheel.max_clock_skew = Duration::from_millis(3_500).into();
@@ -314,4 +314,80 @@ fn a_broker_restart_on_persistent_storage_loses_nothing() {
     // Records due while the broker was down are late by up to its 8 s.
     Account::of(&settings, target, &arrivals, n)
         .assert_ok("broker restart (sqlite)", 8_000 + 5_000);
+}
+
+/// Each instance's partitions of every source topic, from its metrics.
+fn shares(instances: &[&Instance], sources: &[(&str, i64)]) -> Vec<Vec<i64>> {
+    sources
+        .iter()
+        .map(|(source, _)| {
+            instances
+                .iter()
+                .map(|i| {
+                    i.metric(&format!(
+                        "kafka_delay_partitions_assigned{{source=\"{source}\"}}"
+                    ))
+                    .unwrap_or(-1.0) as i64
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// True when every source's partitions are spread ⌊P/N⌋ or ⌈P/N⌉ per instance.
+fn balanced(instances: &[&Instance], sources: &[(&str, i64)]) -> bool {
+    let n = instances.len() as i64;
+    shares(instances, sources)
+        .iter()
+        .zip(sources)
+        .all(|(counts, (_, p))| {
+            counts.iter().sum::<i64>() == *p
+                && counts.iter().all(|&c| c == p / n || c == (p + n - 1) / n)
+        })
+}
+
+#[test]
+fn every_tier_is_shared_evenly_across_joins_and_leaves() {
+    let _heavy = heavy();
+    let (settings, _) = setup("shares", &[]);
+    let table = settings.tier_table().unwrap();
+    let mut sources: Vec<(String, i64)> = vec![("ingress".into(), 6)];
+    for t in table.tiers() {
+        sources.push((kafka_delay::config::tick_label(t.tick_ms), t.slots));
+    }
+    let sources: Vec<(&str, i64)> = sources.iter().map(|(s, p)| (s.as_str(), *p)).collect();
+    let a = Instance::start("A", &settings);
+    let mut b = Instance::start("B", &settings);
+    let c = Instance::start("C", &settings);
+    for i in [&a, &b, &c] {
+        i.wait_ready(Duration::from_secs(30));
+    }
+    let three = wait_until(Duration::from_secs(30), || {
+        balanced(&[&a, &b, &c], &sources)
+    });
+    println!("3 instances: {:?}", shares(&[&a, &b, &c], &sources));
+    assert!(
+        three,
+        "uneven shares with 3 instances: {:?}",
+        shares(&[&a, &b, &c], &sources)
+    );
+    b.terminate();
+    let two = wait_until(Duration::from_secs(30), || balanced(&[&a, &c], &sources));
+    println!("2 instances: {:?}", shares(&[&a, &c], &sources));
+    assert!(
+        two,
+        "uneven shares after a leave: {:?}",
+        shares(&[&a, &c], &sources)
+    );
+    let d = Instance::start("D", &settings);
+    d.wait_ready(Duration::from_secs(30));
+    let again = wait_until(Duration::from_secs(30), || {
+        balanced(&[&a, &c, &d], &sources)
+    });
+    println!("3 instances again: {:?}", shares(&[&a, &c, &d], &sources));
+    assert!(
+        again,
+        "uneven shares after a join: {:?}",
+        shares(&[&a, &c, &d], &sources)
+    );
 }

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use kafka_delay::config::Settings;
 use rdkafka::Message;
 
+use crate::faults::{wait_until, Instance};
 use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kafka-delay");
 
 /// The service as a child process, configured through environment
-/// overrides only (as a Helm chart or an operator would).
+/// overrides only (as a Helm chart or an operator would), serving its
+/// probes on `settings.http.bind`.
 fn spawn_service(settings: &Settings) -> Child {
     Command::new(BIN)
         .arg("run")
@@ -24,23 +26,29 @@ fn spawn_service(settings: &Settings) -> Child {
         .expect("spawn kafka-delay")
 }
 
+/// Waits (30 s) until the instance serving `settings.http.bind` is ready.
+fn wait_ready_on(settings: &Settings) {
+    let ready = wait_until(Duration::from_secs(30), || {
+        http_get(&settings.http.bind, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert!(ready, "not ready within 30 s");
+}
+
 #[test]
 fn killing_the_service_mid_run_loses_nothing() {
     let (settings, targets) = setup("restart", &["target"]);
     let target = &targets[0];
-    let mut first = spawn_service(&settings);
-    std::thread::sleep(Duration::from_secs(4));
+    let mut first = Instance::start("first", &settings);
+    first.wait_ready(Duration::from_secs(30));
     let producer = producer(&settings);
     let reader = Reader::start(&settings, &[target]);
     let n = 200;
     publish_numbered(&producer, &settings, target, n, |i| (i * 53) % 10_000);
     std::thread::sleep(Duration::from_secs(3));
-    first.kill().expect("SIGKILL");
-    first.wait().unwrap();
-    let mut second = spawn_service(&settings);
+    first.kill();
+    let second = Instance::start("second", &settings);
     let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(2));
-    second.kill().unwrap();
-    second.wait().unwrap();
+    drop(second);
     let (_, duplicates) = assert_all_arrived_never_early(&arrivals, n);
     println!("restart: {n} records, {duplicates} duplicates (at-least-once)");
 }
@@ -164,10 +172,18 @@ fn metrics_and_probes_are_served_and_move() {
 
 #[test]
 fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
-    let (settings, targets) = setup("produce", &["target"]);
+    let (mut settings, targets) = setup("produce", &["target"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    settings.http.enabled = true;
+    settings.http.bind = format!("127.0.0.1:{port}");
     let target = &targets[0];
     let mut service = spawn_service(&settings);
     let reader = Reader::start(&settings, &[target]);
+    wait_ready_on(&settings);
     let produce = |args: &[&str], stdin: &str| {
         let mut child = Command::new(BIN)
             .arg("produce")
@@ -222,19 +238,18 @@ fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
 fn two_instances_share_the_wheel_and_survive_losing_one() {
     let (settings, targets) = setup("failover", &["target"]);
     let target = &targets[0];
-    let mut first = spawn_service(&settings);
-    let mut second = spawn_service(&settings);
-    std::thread::sleep(Duration::from_secs(5));
+    let mut first = Instance::start("first", &settings);
+    let second = Instance::start("second", &settings);
+    first.wait_ready(Duration::from_secs(30));
+    second.wait_ready(Duration::from_secs(30));
     let producer = producer(&settings);
     let reader = Reader::start(&settings, &[target]);
     let n = 300;
     publish_numbered(&producer, &settings, target, n, |i| (i * 37) % 12_000);
     std::thread::sleep(Duration::from_secs(3));
-    first.kill().expect("SIGKILL");
-    first.wait().unwrap();
+    first.kill();
     let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(2));
-    second.kill().unwrap();
-    second.wait().unwrap();
+    drop(second);
     let (worst, duplicates) = assert_all_arrived_never_early(&arrivals, n);
     // Outside failover lateness is milliseconds; records of the dead
     // instance's partitions wait for the session timeout (6 s) and the

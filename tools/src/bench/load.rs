@@ -10,9 +10,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
-use crate::config::Settings;
-use crate::consumer::now_ms;
-use crate::{envelope, kafka};
+use kafka_delay::config::Settings;
+use kafka_delay::consumer::now_ms;
+use kafka_delay::{envelope, kafka};
 
 /// Payload of record `index`: its zero-padded number, padded to `size` bytes.
 pub fn payload(index: usize, size: usize) -> Vec<u8> {
@@ -36,15 +36,26 @@ pub struct Shape {
     pub rate: Option<f64>,
 }
 
-/// Publishes records numbered `range` to `topic`; `delay_ms(i)` gives each
-/// record's `x-delay` (None: a plain record with no routing headers).
+/// When a published record is due.
+#[derive(Debug, Clone, Copy)]
+pub enum Due {
+    /// No routing headers (a plain record, for the raw copy).
+    Plain,
+    /// `x-delay`, ms.
+    Delay(i64),
+    /// `x-deliver-at`, epoch ms.
+    At(i64),
+}
+
+/// Publishes records numbered `range` to `topic`; `due(i)` gives each
+/// record's routing header.
 pub fn publish(
     settings: &Settings,
     topic: &str,
     range: std::ops::Range<usize>,
     shape: Shape,
     target: Option<&str>,
-    mut delay_ms: impl FnMut(usize) -> Option<i64>,
+    mut due: impl FnMut(usize) -> Due,
 ) -> Result<(), KafkaError> {
     let Shape { size, keys, rate } = shape;
 
@@ -69,11 +80,15 @@ pub fn publish(
         let value = payload(i, size);
         let key = format!("key-{}", i % keys.max(1));
         let mut headers = OwnedHeaders::new_with_capacity(2);
-        if let Some(delay) = delay_ms(i) {
-            let delay = delay.to_string();
+        let (name, when) = match due(i) {
+            Due::Plain => ("", String::new()),
+            Due::Delay(ms) => (envelope::DELAY, ms.to_string()),
+            Due::At(ms) => (envelope::DELIVER_AT, ms.to_string()),
+        };
+        if !name.is_empty() {
             headers = headers.insert(Header {
-                key: envelope::DELAY,
-                value: Some(&delay),
+                key: name,
+                value: Some(&when),
             });
         }
         if let Some(target) = target {
@@ -113,35 +128,94 @@ pub struct Verification {
     /// Reader's arrival time minus due time, ms, sorted.
     #[serde(skip)]
     pub lateness_ms: Vec<i64>,
+    /// Arrival time (reader's clock, epoch ms) of each distinct record, in
+    /// arrival order: the throughput window and the timeline.
+    #[serde(skip)]
+    pub arrivals_ms: Vec<i64>,
 }
 
-/// Reads `topic` from the beginning until `expected` records arrived or
-/// nothing arrived for `idle`; `settings` gives the broker and properties.
-pub fn verify(
-    settings: &Settings,
-    topic: &str,
+impl Verification {
+    /// Records per second between the `k`-th and the last distinct arrival
+    /// (0 when fewer than two arrivals follow the warm-up).
+    pub fn rate_after(&self, k: usize) -> f64 {
+        let a = &self.arrivals_ms;
+        if a.len() < k + 2 {
+            return 0.0;
+        }
+        let span_ms = (a[a.len() - 1] - a[k]).max(1);
+        (a.len() - 1 - k) as f64 * 1000.0 / span_ms as f64
+    }
+}
+
+/// A reader started before a run: reads `topic` from the beginning on its
+/// own thread and stamps each record on arrival.
+pub struct Reader {
+    handle: std::thread::JoinHandle<Result<Verification, KafkaError>>,
+}
+
+impl Reader {
+    /// Starts reading; returns once the reader has its partitions. It stops
+    /// when `expected` distinct records arrived (plus a short linger for
+    /// duplicates) or nothing arrived for `idle`.
+    pub fn start(
+        settings: &Settings,
+        topic: &str,
+        expected: usize,
+        idle: Duration,
+    ) -> Result<Self, KafkaError> {
+        let mut s = settings.clone();
+        s.kafka.group_id = format!("bench-reader-{topic}-{}", now_ms());
+        let consumer: BaseConsumer =
+            kafka::consumer_config(&s, &s.kafka.group_id, false).create()?;
+        consumer.subscribe(&[topic])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while consumer.assignment().map_or(0, |a| a.count()) == 0 && Instant::now() < deadline {
+            consumer.poll(Duration::from_millis(50));
+        }
+        let handle = std::thread::spawn(move || read(&consumer, expected, idle));
+        Ok(Self { handle })
+    }
+
+    /// Waits for the reader to finish.
+    pub fn finish(self) -> Result<Verification, KafkaError> {
+        self.handle.join().expect("reader thread")
+    }
+}
+
+fn read(
+    consumer: &BaseConsumer,
     expected: usize,
     idle: Duration,
 ) -> Result<Verification, KafkaError> {
-    let mut s = settings.clone();
-    s.kafka.group_id = format!("bench-reader-{topic}-{}", now_ms());
-    let consumer: BaseConsumer = kafka::consumer_config(&s, &s.kafka.group_id, false).create()?;
-    consumer.subscribe(&[topic])?;
     let mut seen = vec![0_u32; expected];
     let mut v = Verification {
         expected,
         ..Default::default()
     };
+    let mut distinct = 0;
     let mut last = Instant::now();
-    while v.received < expected && last.elapsed() < idle {
-        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else {
+    let mut linger: Option<Instant> = None;
+    loop {
+        if let Some(since) = linger {
+            if since.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+        } else if distinct >= expected || last.elapsed() > idle {
+            linger = Some(Instant::now());
+        }
+        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(50)) else {
             continue;
         };
         let now = now_ms();
+        let Some(i) = msg.payload().and_then(index_of).filter(|&i| i < expected) else {
+            continue;
+        };
         last = Instant::now();
         v.received += 1;
-        if let Some(i) = msg.payload().and_then(index_of).filter(|&i| i < expected) {
-            seen[i] += 1;
+        seen[i] += 1;
+        if seen[i] == 1 {
+            distinct += 1;
+            v.arrivals_ms.push(now);
         }
         let scheduled = msg
             .headers()
@@ -150,16 +224,6 @@ pub fn verify(
         if let Some(scheduled) = scheduled {
             v.early += usize::from(now < scheduled);
             v.lateness_ms.push(now - scheduled);
-        }
-    }
-    // A short linger catches duplicates that trail the last expected record.
-    let linger = Instant::now();
-    while linger.elapsed() < Duration::from_millis(500) {
-        if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) {
-            v.received += 1;
-            if let Some(i) = msg.payload().and_then(index_of).filter(|&i| i < expected) {
-                seen[i] += 1;
-            }
         }
     }
     v.lost = seen.iter().filter(|&&c| c == 0).count();

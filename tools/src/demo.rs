@@ -14,10 +14,10 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::Message;
 
 use crate::broker::LocalBroker;
-use crate::config::Settings;
-use crate::consumer::now_ms;
-use crate::topics::{self, Spec};
-use crate::{envelope, kafka, service};
+use kafka_delay::config::Settings;
+use kafka_delay::consumer::now_ms;
+use kafka_delay::topics::{self, Spec};
+use kafka_delay::{envelope, kafka, service};
 
 /// Settings for a single local broker: replication 1, fast group joins and
 /// fetches, tier topics under `prefix`, the given ticks.

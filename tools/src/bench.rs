@@ -1,0 +1,282 @@
+//! `kafka-delay-tools bench`: measures the service beside a raw rdkafka
+//! consume→produce copy on the same broker, in the same run, every load
+//! shape, one or more instances. Benchmarks measure; they assert nothing.
+//!
+//! Both sides run as child processes and are timed alike: a reader started
+//! before each run stamps every record when it reaches the destination
+//! topic; throughput is counted from the k-th distinct arrival (after the
+//! warm-up) to the last; CPU is user + system of the child processes over
+//! their lives (`wait4`), divided by the records they moved.
+//!
+//! Shapes ([`Shape`]): `flood` (records already due, a backlog drained —
+//! beside the raw copy, several rounds), `spread` (delays over every tier,
+//! published at a steady rate), `rollover` (one fixed delay beyond the top
+//! tier: a hop through every tier), `herd` (every record due at the same
+//! instant), `large` (100 KB records over every tier).
+
+mod child;
+pub mod load;
+mod plot;
+pub mod raw;
+mod shapes;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::broker::LocalBroker;
+use crate::demo::{create_targets, local_settings};
+use kafka_delay::config::Settings;
+use kafka_delay::topics::{self, Spec};
+
+pub use shapes::Shape;
+
+/// Benchmark options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Shapes to run, comma-separated: flood, spread, rollover, herd, large.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "flood,spread,rollover,herd,large"
+    )]
+    pub shapes: Vec<Shape>,
+    /// Service instances (child processes); a list runs each shape once per
+    /// count, e.g. 1,2,4 for the scale-out table.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub instances: Vec<usize>,
+    /// Records of the flood (due-now) shape, per round and side.
+    #[arg(long, default_value_t = 500_000)]
+    pub records: usize,
+    /// Rounds of the flood comparison (raw copy, then the service, each
+    /// round); median and range are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Fraction of a run counted as warm-up before the throughput window.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup: f64,
+    /// Records of the spread and rollover shapes.
+    #[arg(long, default_value_t = 20_000)]
+    pub delayed: usize,
+    /// Publishing rate of the spread, rollover and large shapes, records/s.
+    #[arg(long, default_value_t = 2_000.0)]
+    pub rate: f64,
+    /// Records of the herd shape, all due at one instant.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub herd: usize,
+    /// Records of the large shape (100 KB each).
+    #[arg(long, default_value_t = 2_000)]
+    pub large: usize,
+    /// Payload size in bytes (all shapes but `large`).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1_000)]
+    pub keys: usize,
+    /// Partitions of the ingress, target and raw topics.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// K: partitions per slot of every tier (parallelism of a draining slot).
+    #[arg(long, default_value_t = 1)]
+    pub partitions_per_slot: u32,
+    /// Tier ticks.
+    #[arg(long, value_delimiter = ',', default_value = "50ms,500ms,5s")]
+    pub ticks: Vec<String>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG per run (arrivals over time, lateness) into this directory.
+    #[arg(long)]
+    pub svg_dir: Option<PathBuf>,
+}
+
+/// One shape run with a number of instances.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RunResult {
+    pub shape: String,
+    pub instances: usize,
+    pub records: usize,
+    /// Records per second after the warm-up: median, min, max over rounds.
+    pub rate: Stat,
+    /// The raw copy's (flood only).
+    pub raw_rate: Option<Stat>,
+    /// Median service rate / median raw rate.
+    pub ratio_to_raw: Option<f64>,
+    /// CPU µs per record, service (all instances) and raw copy.
+    pub cpu_us_per_record: f64,
+    pub raw_cpu_us_per_record: Option<f64>,
+    /// The broker's CPU µs per record while each side ran (local broker only).
+    pub broker_cpu_us_per_record: Option<f64>,
+    pub raw_broker_cpu_us_per_record: Option<f64>,
+    /// Produces per record: tier writes + the delivery.
+    pub writes_per_record: f64,
+    pub lateness_p50_ms: i64,
+    pub lateness_p99_ms: i64,
+    pub lateness_max_ms: i64,
+    pub early: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+    /// Highest peak resident set of one instance, MiB.
+    pub peak_rss_mib: f64,
+    /// Partitions each instance was assigned, per source.
+    pub assignments: Vec<String>,
+}
+
+/// Median and range.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Self::default();
+        }
+        Self {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// The broker, settings and topic-naming shared by every run.
+pub(crate) struct Bench<'a> {
+    pub args: &'a BenchArgs,
+    pub bootstrap: String,
+    pub run: usize,
+    /// The local broker's process, for its CPU time.
+    pub broker_pid: Option<u32>,
+}
+
+impl Bench<'_> {
+    /// The broker's CPU seconds so far (0 for an external broker).
+    pub fn broker_cpu(&self) -> f64 {
+        self.broker_pid.map_or(0.0, crate::broker::cpu_seconds_of)
+    }
+}
+
+impl Bench<'_> {
+    /// Fresh settings, topics and targets for one run: unique names, the
+    /// configured ticks, K and ingress partitions.
+    pub fn prepare(
+        &mut self,
+        name: &str,
+        targets: &[&str],
+    ) -> anyhow::Result<(Settings, Vec<String>)> {
+        self.run += 1;
+        let prefix = format!("bench{}-{}-{name}.", std::process::id(), self.run);
+        let ticks: Vec<&str> = self.args.ticks.iter().map(String::as_str).collect();
+        let mut settings = local_settings(&self.bootstrap, &prefix, &ticks);
+        settings.wheel.partitions_per_slot = self.args.partitions_per_slot;
+        let mut spec = Spec::load(None)?;
+        spec.ingress.partitions = self.args.partitions;
+        let names: Vec<String> = targets.iter().map(|t| format!("{prefix}{t}")).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let reports = topics::apply(&settings, &spec).await?;
+            anyhow::ensure!(!topics::has_drift(&reports), "topic drift: {reports:?}");
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            create_targets(&settings, &refs, self.args.partitions).await?;
+            anyhow::Ok(())
+        })?;
+        Ok((settings, names))
+    }
+}
+
+/// Runs the benchmark and prints (and optionally writes) the results.
+pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<RunResult>> {
+    let broker = LocalBroker::start()?;
+    let mut bench = Bench {
+        args,
+        bootstrap: broker.bootstrap.clone(),
+        run: 0,
+        broker_pid: broker.pid(),
+    };
+    if let Some(dir) = &args.svg_dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut results = Vec::new();
+    for &instances in &args.instances {
+        for &shape in &args.shapes {
+            eprintln!("== {shape:?}, {instances} instance(s)");
+            let (result, timeline) = shapes::run(&mut bench, shape, instances)?;
+            print(&result);
+            if let Some(dir) = &args.svg_dir {
+                let path = dir.join(format!("{}-{}.svg", result.shape, instances));
+                plot::write(&path, &result, &timeline)?;
+                eprintln!("  plot: {}", path.display());
+            }
+            results.push(result);
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    Ok(results)
+}
+
+fn print(r: &RunResult) {
+    println!(
+        "{} × {} ({} instance{}): {:.0} records/s (median; {:.0}–{:.0})",
+        r.shape,
+        r.records,
+        r.instances,
+        if r.instances == 1 { "" } else { "s" },
+        r.rate.median,
+        r.rate.min,
+        r.rate.max
+    );
+    if let (Some(raw), Some(ratio), Some(raw_cpu)) =
+        (r.raw_rate, r.ratio_to_raw, r.raw_cpu_us_per_record)
+    {
+        println!(
+            "  raw rdkafka copy {:.0} records/s (median; {:.0}–{:.0}); ratio {:.2}; CPU per record: service {:.1} µs, raw {:.1} µs",
+            raw.median, raw.min, raw.max, ratio, r.cpu_us_per_record, raw_cpu
+        );
+        if let (Some(b), Some(rb)) = (r.broker_cpu_us_per_record, r.raw_broker_cpu_us_per_record) {
+            println!(
+                "  broker CPU per record meanwhile: service side {b:.1} µs, raw side {rb:.1} µs"
+            );
+        }
+    } else {
+        println!("  CPU per record {:.1} µs", r.cpu_us_per_record);
+    }
+    println!(
+        "  lateness p50 {} ms, p99 {} ms, max {} ms; early {}, lost {}, duplicates {}; writes per record {:.2}; peak RSS {:.0} MiB",
+        r.lateness_p50_ms,
+        r.lateness_p99_ms,
+        r.lateness_max_ms,
+        r.early,
+        r.lost,
+        r.duplicates,
+        r.writes_per_record,
+        r.peak_rss_mib
+    );
+    for (i, a) in r.assignments.iter().enumerate() {
+        println!("  instance {}: {a}", i + 1);
+    }
+}
+
+/// The raw-copy child's entry point (`kafka-delay-tools raw-copy`).
+pub fn raw_copy_child(source: &str, dest: &str, records: u64) -> anyhow::Result<()> {
+    let settings = Settings::load(None)?;
+    raw::copy(&settings, source, dest, records)?;
+    Ok(())
+}
+
+/// A lateness percentile (ms) of sorted values.
+pub(crate) fn percentile(sorted: &[i64], p: f64) -> i64 {
+    load::percentile(sorted, p)
+}
+
+/// Time allowed for a run to settle after its last due time.
+pub(crate) const SETTLE: Duration = Duration::from_secs(30);

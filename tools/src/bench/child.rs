@@ -1,0 +1,215 @@
+//! Child processes of the benchmark: service instances (`kafka-delay run`)
+//! and the raw copy (`kafka-delay-tools raw-copy`), each measured alike —
+//! CPU (user + system, from `wait4`) and peak resident memory (`VmHWM`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kafka_delay::config::Settings;
+
+/// The service binary beside this tool (`target/<profile>/kafka-delay`), or
+/// `KAFKA_DELAY_BIN`.
+pub fn service_binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("KAFKA_DELAY_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.with_file_name("kafka-delay")
+}
+
+/// What a child cost, once it exited.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Cost {
+    /// User + system CPU seconds over the child's life.
+    pub cpu_seconds: f64,
+    /// Peak resident set, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// A measured child process.
+pub struct Measured {
+    child: Child,
+    /// Highest `VmHWM` seen while it ran (the kernel forgets it at exit).
+    peak_rss_mib: f64,
+    pub port: Option<u16>,
+}
+
+impl Measured {
+    fn new(child: Child, port: Option<u16>) -> Self {
+        Self {
+            child,
+            peak_rss_mib: 0.0,
+            port,
+        }
+    }
+
+    /// Samples the peak resident set (call now and then while it runs).
+    pub fn sample(&mut self) {
+        self.peak_rss_mib = self.peak_rss_mib.max(status_mib(self.child.id(), "VmHWM:"));
+    }
+
+    /// Waits (up to `timeout`) for the child to exit by itself.
+    pub fn wait_exit(mut self, timeout: Duration) -> anyhow::Result<Cost> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.sample();
+            if let Some(cost) = self.reap(false)? {
+                return Ok(cost);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "child did not finish in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(mut self) -> anyhow::Result<Cost> {
+        self.sample();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    /// `wait4` for the child: its rusage covers every thread it ran.
+    fn reap(&mut self, block: bool) -> anyhow::Result<Option<Cost>> {
+        let mut status = 0;
+        // SAFETY: wait4 writes the zeroed rusage we pass for our own child.
+        let (pid, usage) = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            let flags = if block { 0 } else { libc::WNOHANG };
+            let pid = libc::wait4(self.child.id() as i32, &mut status, flags, &mut usage);
+            (pid, usage)
+        };
+        if pid == 0 {
+            return Ok(None);
+        }
+        anyhow::ensure!(pid > 0, "wait4 failed");
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Ok(Some(Cost {
+            cpu_seconds: secs(usage.ru_utime) + secs(usage.ru_stime),
+            peak_rss_mib: self.peak_rss_mib.max(usage.ru_maxrss as f64 / 1024.0),
+        }))
+    }
+}
+
+fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `kafka-delay run` for `settings`, serving metrics on a free port.
+pub fn spawn_service(settings: &Settings) -> anyhow::Result<Measured> {
+    let port = free_port()?;
+    let mut settings = settings.clone();
+    settings.http.enabled = true;
+    settings.http.bind = format!("127.0.0.1:{port}");
+    let child = Command::new(service_binary())
+        .arg("run")
+        .envs(settings.env_overrides())
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .spawn()?;
+    Ok(Measured::new(child, Some(port)))
+}
+
+/// Starts the raw copy child (`kafka-delay-tools raw-copy`).
+pub fn spawn_raw_copy(
+    settings: &Settings,
+    source: &str,
+    dest: &str,
+    records: usize,
+) -> anyhow::Result<Measured> {
+    let child = Command::new(std::env::current_exe()?)
+        .args(["raw-copy", "--source", source, "--dest", dest])
+        .args(["--records", &records.to_string()])
+        .envs(settings.env_overrides())
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .spawn()?;
+    Ok(Measured::new(child, None))
+}
+
+/// GET `path` from a child's HTTP port.
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// Waits until every child answers `/readyz` with 200.
+pub fn wait_ready(children: &mut [Measured], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready = children.iter().all(|c| {
+            c.port
+                .and_then(|p| get(p, "/readyz"))
+                .is_some_and(|(s, _)| s == 200)
+        });
+        if ready {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "service instances not ready in {timeout:?}"
+        );
+        for c in children.iter_mut() {
+            c.sample();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sum over `children` of the metric lines starting with `prefix`.
+pub fn metric_sum(children: &[Measured], prefix: &str) -> f64 {
+    children
+        .iter()
+        .filter_map(|c| get(c.port?, "/metrics"))
+        .flat_map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with(prefix))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Each child's `partitions_assigned{source=…}` lines, for the report.
+pub fn assignments(children: &[Measured]) -> Vec<String> {
+    children
+        .iter()
+        .filter_map(|c| get(c.port?, "/metrics"))
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| l.starts_with("kafka_delay_partitions_assigned{"))
+                .map(|l| {
+                    l.trim_start_matches("kafka_delay_partitions_assigned{source=\"")
+                        .replace("\"} ", "=")
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}

@@ -1,0 +1,244 @@
+//! One run per load shape: topics, publishing, the service instances (and,
+//! for the flood, the raw copy), the reader's account.
+
+use std::time::Duration;
+
+use kafka_delay::clock::now_ms;
+use kafka_delay::config::Settings;
+
+use super::child::{self, Measured};
+use super::load::{self, Due, Reader, Verification};
+use super::{percentile, Bench, RunResult, Stat, SETTLE};
+
+/// A load shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// Records already due, a backlog drained; beside the raw copy.
+    Flood,
+    /// Delays uniform over every tier, published at a steady rate.
+    Spread,
+    /// One fixed delay beyond the top tier's reach: a hop through every tier.
+    Rollover,
+    /// Every record due at the same instant.
+    Herd,
+    /// 100 KB records, delays over every tier.
+    Large,
+}
+
+/// Arrival times and sorted lateness of the run, for the plots.
+pub struct Timeline {
+    pub arrivals_ms: Vec<i64>,
+    pub lateness_ms: Vec<i64>,
+}
+
+/// Runs `shape` with `instances` service instances.
+pub(crate) fn run(
+    bench: &mut Bench<'_>,
+    shape: Shape,
+    instances: usize,
+) -> anyhow::Result<(RunResult, Timeline)> {
+    match shape {
+        Shape::Flood => flood(bench, instances),
+        _ => delayed(bench, shape, instances),
+    }
+}
+
+/// Starts `n` instances and waits until all are ready.
+fn start(settings: &Settings, n: usize) -> anyhow::Result<Vec<Measured>> {
+    let mut children = (0..n)
+        .map(|_| child::spawn_service(settings))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    child::wait_ready(&mut children, Duration::from_secs(60))?;
+    Ok(children)
+}
+
+/// What the instances did: tier writes (from their metrics), assignments,
+/// then their cost once stopped (CPU seconds summed, highest peak RSS).
+fn stop(children: Vec<Measured>) -> anyhow::Result<(f64, Vec<String>, f64, f64)> {
+    let tier_writes = child::metric_sum(&children, "kafka_delay_tier_writes_total{");
+    let assignments = child::assignments(&children);
+    let (mut cpu, mut rss) = (0.0, 0.0_f64);
+    for c in children {
+        let cost = c.stop()?;
+        cpu += cost.cpu_seconds;
+        rss = rss.max(cost.peak_rss_mib);
+    }
+    Ok((tier_writes, assignments, cpu, rss))
+}
+
+/// Waits for the reader while sampling the instances' memory.
+fn finish(reader: Reader, children: &mut [Measured]) -> anyhow::Result<Verification> {
+    let handle = std::thread::spawn(move || reader.finish());
+    while !handle.is_finished() {
+        for c in children.iter_mut() {
+            c.sample();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(handle.join().expect("reader")?)
+}
+
+fn account(r: &mut RunResult, v: &Verification) {
+    r.lateness_p50_ms = percentile(&v.lateness_ms, 0.5);
+    r.lateness_p99_ms = percentile(&v.lateness_ms, 0.99);
+    r.lateness_max_ms = percentile(&v.lateness_ms, 1.0);
+    r.early = v.early;
+    r.lost = v.lost;
+    r.duplicates = v.duplicates;
+}
+
+/// The flood: N records already due, drained by the raw copy and by the
+/// service in alternating rounds, each timed after the same warm-up.
+fn flood(bench: &mut Bench<'_>, instances: usize) -> anyhow::Result<(RunResult, Timeline)> {
+    let args = bench.args;
+    let n = args.records;
+    let k = (n as f64 * args.warmup) as usize;
+    let shape = load::Shape {
+        size: args.payload,
+        keys: args.keys,
+        rate: None,
+    };
+    let (mut raw_rates, mut rates, mut raw_cpu, mut cpu) = (vec![], vec![], vec![], vec![]);
+    let (mut broker_cpu, mut raw_broker_cpu) = (vec![], vec![]);
+    let mut r = RunResult {
+        shape: "flood".into(),
+        instances,
+        records: n,
+        ..Default::default()
+    };
+    let mut timeline = None;
+    for round in 0..args.rounds.max(1) {
+        let (settings, names) = bench.prepare("flood", &["target", "raw-src", "raw-dst"])?;
+        let [target, raw_src, raw_dst] = [&names[0], &names[1], &names[2]];
+        eprintln!(
+            "  round {}: publishing {n} records for each side…",
+            round + 1
+        );
+        load::publish(&settings, raw_src, 0..n, shape, None, |_| Due::Plain)?;
+        load::publish(
+            &settings,
+            &settings.topics.ingress,
+            0..n,
+            shape,
+            Some(target),
+            |_| Due::Delay(0),
+        )?;
+
+        let reader = Reader::start(&settings, raw_dst, n, Duration::from_secs(60))?;
+        let broker_before = bench.broker_cpu();
+        let copy = child::spawn_raw_copy(&settings, raw_src, raw_dst, n)?;
+        let cost = copy.wait_exit(Duration::from_secs(900))?;
+        raw_broker_cpu.push((bench.broker_cpu() - broker_before) * 1e6 / n as f64);
+        let v = reader.finish()?;
+        raw_rates.push(v.rate_after(k));
+        raw_cpu.push(cost.cpu_seconds * 1e6 / n as f64);
+        eprintln!("    raw copy   {:>9.0} records/s", v.rate_after(k));
+
+        let reader = Reader::start(&settings, target, n, Duration::from_secs(60))?;
+        let broker_before = bench.broker_cpu();
+        let mut children = (0..instances)
+            .map(|_| child::spawn_service(&settings))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let v = finish(reader, &mut children)?;
+        let (tier_writes, assignments, seconds, rss) = stop(children)?;
+        broker_cpu.push((bench.broker_cpu() - broker_before) * 1e6 / n as f64);
+        rates.push(v.rate_after(k));
+        cpu.push(seconds * 1e6 / n as f64);
+        eprintln!("    kafka-delay {:>9.0} records/s", v.rate_after(k));
+        r.writes_per_record = 1.0 + tier_writes / n as f64;
+        r.peak_rss_mib = r.peak_rss_mib.max(rss);
+        r.assignments = assignments;
+        account(&mut r, &v);
+        timeline = Some(Timeline {
+            arrivals_ms: v.arrivals_ms,
+            lateness_ms: v.lateness_ms,
+        });
+    }
+    r.rate = Stat::of(&rates);
+    let raw = Stat::of(&raw_rates);
+    r.ratio_to_raw = Some(if raw.median > 0.0 {
+        r.rate.median / raw.median
+    } else {
+        0.0
+    });
+    r.raw_rate = Some(raw);
+    r.cpu_us_per_record = Stat::of(&cpu).median;
+    r.raw_cpu_us_per_record = Some(Stat::of(&raw_cpu).median);
+    if bench.broker_pid.is_some() {
+        r.broker_cpu_us_per_record = Some(Stat::of(&broker_cpu).median);
+        r.raw_broker_cpu_us_per_record = Some(Stat::of(&raw_broker_cpu).median);
+    }
+    Ok((r, timeline.expect("at least one round")))
+}
+
+/// The shapes with delays: the instances run first, the records are
+/// published into them, the reader accounts for every one.
+fn delayed(
+    bench: &mut Bench<'_>,
+    shape: Shape,
+    instances: usize,
+) -> anyhow::Result<(RunResult, Timeline)> {
+    let args = bench.args;
+    let name = format!("{shape:?}").to_lowercase();
+    let (settings, names) = bench.prepare(&name, &["target"])?;
+    let target = &names[0];
+    let table = settings.tier_table()?;
+    let top = table.tiers().last().expect("a tier");
+    let reach_ms = top.reach() * top.tick_ms;
+    let (n, size, rate) = match shape {
+        Shape::Spread | Shape::Rollover => (args.delayed, args.payload, Some(args.rate)),
+        Shape::Herd => (args.herd, args.payload, None),
+        Shape::Large => (args.large, 100 * 1024, Some(args.rate.min(200.0))),
+        Shape::Flood => unreachable!("flood has its own run"),
+    };
+    let shape_load = load::Shape {
+        size,
+        keys: args.keys,
+        rate,
+    };
+    let mut children = start(&settings, instances)?;
+    let reader = Reader::start(
+        &settings,
+        target,
+        n,
+        SETTLE + Duration::from_millis(reach_ms as u64),
+    )?;
+    let mut rng = fastrand::Rng::with_seed(42);
+    // Delays over every tier: up to a little beyond the top tier's reach.
+    let spread_max = reach_ms + reach_ms / 3;
+    let herd_at = now_ms() + 15_000 + n as i64 / 100;
+    eprintln!("  publishing {n} records…");
+    load::publish(
+        &settings,
+        &settings.topics.ingress,
+        0..n,
+        shape_load,
+        Some(target),
+        |_| match shape {
+            Shape::Rollover => Due::Delay(reach_ms + 5_000),
+            Shape::Herd => Due::At(herd_at),
+            _ => Due::Delay(rng.i64(0..=spread_max)),
+        },
+    )?;
+    let v = finish(reader, &mut children)?;
+    let (tier_writes, assignments, seconds, rss) = stop(children)?;
+    let mut r = RunResult {
+        shape: name,
+        instances,
+        records: n,
+        rate: Stat::of(&[v.rate_after((n as f64 * args.warmup) as usize)]),
+        cpu_us_per_record: seconds * 1e6 / n as f64,
+        writes_per_record: 1.0 + tier_writes / n as f64,
+        peak_rss_mib: rss,
+        assignments,
+        ..Default::default()
+    };
+    account(&mut r, &v);
+    Ok((
+        r,
+        Timeline {
+            arrivals_ms: v.arrivals_ms,
+            lateness_ms: v.lateness_ms,
+        },
+    ))
+}

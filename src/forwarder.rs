@@ -269,11 +269,49 @@ pub struct Forwarder {
     producer: ThreadedProducer<DeliveryContext>,
     failures: Arc<Mutex<Vec<Failure>>>,
     metrics: Arc<Metrics>,
-    dead_letter: TopicHandle,
-    tiers: Vec<TopicHandle>,
-    targets: HashMap<String, TopicHandle>,
+    dead_letter: String,
+    tiers: Vec<String>,
+    handles: Handles,
     /// Records refused with `QueueFull`, oldest first, with their opaque.
     overflow: VecDeque<(OwnedRecord, usize)>,
+}
+
+/// Topic handles, opened on first use (a producer that never writes a
+/// topic keeps no partitions of it), the last one used first: most records
+/// go to the topic the previous one went to.
+#[derive(Default)]
+struct Handles {
+    list: Vec<TopicHandle>,
+    index: HashMap<String, usize>,
+    last: usize,
+}
+
+impl Handles {
+    /// The handle of `name` on producer `rk`; None if librdkafka refuses
+    /// the name (never for the validated names the service produces to).
+    fn get(&mut self, rk: *mut rdkafka::bindings::rd_kafka_t, name: &str) -> Option<&TopicHandle> {
+        if self.list.get(self.last).is_some_and(|h| h.name() == name) {
+            return self.list.get(self.last);
+        }
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                if self.list.len() >= MAX_TOPIC_HANDLES {
+                    // In-flight records keep their own reference to a topic.
+                    self.list.clear();
+                    self.index.clear();
+                }
+                // SAFETY: the handles live in the forwarder, which owns the
+                // producer `rk`.
+                let handle = unsafe { TopicHandle::new(rk, name) }?;
+                self.list.push(handle);
+                self.index.insert(name.to_owned(), self.list.len() - 1);
+                self.list.len() - 1
+            }
+        };
+        self.last = i;
+        self.list.get(i)
+    }
 }
 
 impl Forwarder {
@@ -294,22 +332,13 @@ impl Forwarder {
                 metrics: metrics.clone(),
                 clock,
             })?;
-        let rk = producer.client().native_ptr();
-        let handle = |name: &str| {
-            // SAFETY: the handles live in the forwarder, which owns the producer.
-            unsafe { TopicHandle::new(rk, name) }
-                .ok_or_else(|| KafkaError::ClientCreation(format!("cannot open topic {name:?}")))
-        };
         Ok(Self {
-            dead_letter: handle(dead_letter)?,
-            tiers: tier_topics
-                .iter()
-                .map(|t| handle(t))
-                .collect::<Result<_, _>>()?,
+            dead_letter: dead_letter.to_owned(),
+            tiers: tier_topics.to_vec(),
             producer,
             failures,
             metrics,
-            targets: HashMap::new(),
+            handles: Handles::default(),
             overflow: VecDeque::new(),
         })
     }
@@ -420,36 +449,22 @@ impl Forwarder {
     }
 
     fn topic(&mut self, dest: Dest<'_>) -> &TopicHandle {
-        match dest {
-            Dest::DeadLetter => &self.dead_letter,
-            Dest::Tier(tier) => &self.tiers[tier],
-            Dest::Target(name) => self.handle_for(name),
+        let name = match dest {
+            Dest::DeadLetter => self.dead_letter.as_str(),
+            Dest::Tier(tier) => self.tiers[tier].as_str(),
+            Dest::Target(name) => name,
+        };
+        let rk = self.producer.client().native_ptr();
+        if self.handles.get(rk, name).is_none() {
+            // Names are validated topic names: librdkafka takes any of them.
+            let fallback = self.dead_letter.clone();
+            self.handles.get(rk, &fallback);
         }
+        &self.handles.list[self.handles.last]
     }
 
     fn handle_for(&mut self, name: &str) -> &TopicHandle {
-        if name == self.dead_letter.name() {
-            return &self.dead_letter;
-        }
-        if let Some(i) = self.tiers.iter().position(|t| t.name() == name) {
-            return &self.tiers[i];
-        }
-        if !self.targets.contains_key(name) {
-            if self.targets.len() >= MAX_TOPIC_HANDLES {
-                self.targets.clear();
-            }
-            let rk = self.producer.client().native_ptr();
-            // SAFETY: the handle lives in the forwarder, which owns the producer.
-            // A name librdkafka refuses falls back to the dead-letter handle;
-            // target names were validated long before this point.
-            match unsafe { TopicHandle::new(rk, name) } {
-                Some(handle) => {
-                    self.targets.insert(name.to_owned(), handle);
-                }
-                None => return &self.dead_letter,
-            }
-        }
-        &self.targets[name]
+        self.topic(Dest::Target(name))
     }
 
     /// Delivers `msg` to its target now: routing and internal headers are

@@ -103,10 +103,11 @@ pub struct RunResult {
     pub raw_rate: Option<Stat>,
     /// Median service rate / median raw rate.
     pub ratio_to_raw: Option<f64>,
-    /// CPU µs per record, service (all instances) and raw copy.
+    /// CPU µs per record, service (all instances) and raw copy: over the
+    /// throughput window for the flood, over the whole run otherwise.
     pub cpu_us_per_record: f64,
     pub raw_cpu_us_per_record: Option<f64>,
-    /// The broker's CPU µs per record while each side ran (local broker only).
+    /// The broker's CPU µs per record in each side's window (local broker only).
     pub broker_cpu_us_per_record: Option<f64>,
     pub raw_broker_cpu_us_per_record: Option<f64>,
     /// Produces per record: tier writes + the delivery.
@@ -153,13 +154,6 @@ pub(crate) struct Bench<'a> {
     pub run: usize,
     /// The local broker's process, for its CPU time.
     pub broker_pid: Option<u32>,
-}
-
-impl Bench<'_> {
-    /// The broker's CPU seconds so far (0 for an external broker).
-    pub fn broker_cpu(&self) -> f64 {
-        self.broker_pid.map_or(0.0, crate::broker::cpu_seconds_of)
-    }
 }
 
 impl Bench<'_> {

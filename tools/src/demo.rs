@@ -39,7 +39,6 @@ pub fn local_settings(bootstrap: &str, prefix: &str, ticks: &[&str]) -> Settings
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "1000"),
         ("max.poll.interval.ms", "7000"),
-        ("fetch.wait.max.ms", "10"),
     ] {
         s.kafka.consumer_properties.insert(k.into(), v.into());
     }

@@ -38,6 +38,11 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn new(child: Child, port: Option<u16>) -> Self {
         Self {
             child,
@@ -134,7 +139,11 @@ pub fn spawn_raw_copy(
     dest: &str,
     records: usize,
 ) -> anyhow::Result<Measured> {
-    let child = Command::new(std::env::current_exe()?)
+    let exe = match std::env::var("KAFKA_DELAY_TOOLS_BIN") {
+        Ok(bin) => PathBuf::from(bin),
+        Err(_) => std::env::current_exe()?,
+    };
+    let child = Command::new(exe)
         .args(["raw-copy", "--source", source, "--dest", dest])
         .args(["--records", &records.to_string()])
         .envs(settings.env_overrides())
@@ -212,4 +221,51 @@ pub fn assignments(children: &[Measured]) -> Vec<String> {
                 .join(" ")
         })
         .collect()
+}
+
+/// CPU time of some processes, sampled every 50 ms while a run goes on, so
+/// that the CPU of a window (the steady state after the warm-up) can be told
+/// apart from start-up and shutdown.
+pub struct CpuTrace {
+    /// (epoch ms, CPU seconds of the measured processes, of the broker)
+    samples: Vec<(i64, f64, f64)>,
+}
+
+impl CpuTrace {
+    /// Samples `pids` (and `broker`) until `done()` holds.
+    pub fn record(pids: &[u32], broker: Option<u32>, mut done: impl FnMut() -> bool) -> Self {
+        let cpu = |pids: &[u32]| pids.iter().map(|&p| crate::broker::cpu_seconds_of(p)).sum::<f64>();
+        let mut samples = Vec::new();
+        loop {
+            samples.push((
+                kafka_delay::clock::now_ms(),
+                cpu(pids),
+                broker.map_or(0.0, crate::broker::cpu_seconds_of),
+            ));
+            if done() {
+                return Self { samples };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// (process, broker) CPU seconds between epoch ms `from` and `to`,
+    /// interpolated between samples.
+    pub fn between(&self, from: i64, to: i64) -> (f64, f64) {
+        let at = |t: i64| -> (f64, f64) {
+            let s = &self.samples;
+            match s.iter().position(|&(ts, _, _)| ts >= t) {
+                None => s.last().map_or((0.0, 0.0), |x| (x.1, x.2)),
+                Some(0) => (s[0].1, s[0].2),
+                Some(i) => {
+                    let (a, b) = (s[i - 1], s[i]);
+                    let f = (t - a.0) as f64 / (b.0 - a.0).max(1) as f64;
+                    (a.1 + (b.1 - a.1) * f, a.2 + (b.2 - a.2) * f)
+                }
+            }
+        };
+        let (p0, b0) = at(from);
+        let (p1, b1) = at(to);
+        (p1 - p0, b1 - b0)
+    }
 }

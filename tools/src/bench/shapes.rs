@@ -6,7 +6,7 @@ use std::time::Duration;
 use kafka_delay::clock::now_ms;
 use kafka_delay::config::Settings;
 
-use super::child::{self, Measured};
+use super::child::{self, CpuTrace, Measured};
 use super::load::{self, Due, Reader, Verification};
 use super::{percentile, Bench, RunResult, Stat, SETTLE};
 
@@ -66,16 +66,37 @@ fn stop(children: Vec<Measured>) -> anyhow::Result<(f64, Vec<String>, f64, f64)>
     Ok((tier_writes, assignments, cpu, rss))
 }
 
-/// Waits for the reader while sampling the instances' memory.
-fn finish(reader: Reader, children: &mut [Measured]) -> anyhow::Result<Verification> {
+/// Waits for the reader while sampling the children's memory and CPU.
+fn finish(
+    reader: Reader,
+    children: &mut [Measured],
+    broker: Option<u32>,
+) -> anyhow::Result<(Verification, CpuTrace)> {
     let handle = std::thread::spawn(move || reader.finish());
-    while !handle.is_finished() {
-        for c in children.iter_mut() {
-            c.sample();
+    let pids: Vec<u32> = children.iter().map(Measured::pid).collect();
+    let mut tick = 0;
+    let trace = CpuTrace::record(&pids, broker, || {
+        tick += 1;
+        if tick % 4 == 0 {
+            for c in children.iter_mut() {
+                c.sample();
+            }
         }
-        std::thread::sleep(Duration::from_millis(200));
+        handle.is_finished()
+    });
+    Ok((handle.join().expect("reader")?, trace))
+}
+
+/// CPU µs per record in the throughput window (after the warm-up): the
+/// measured processes', the broker's.
+fn window_cpu(v: &Verification, k: usize, trace: &CpuTrace) -> (f64, f64) {
+    let a = &v.arrivals_ms;
+    if a.len() < k + 2 {
+        return (0.0, 0.0);
     }
-    Ok(handle.join().expect("reader")?)
+    let (cpu, broker) = trace.between(a[k], a[a.len() - 1]);
+    let records = (a.len() - 1 - k) as f64;
+    (cpu * 1e6 / records, broker * 1e6 / records)
 }
 
 fn account(r: &mut RunResult, v: &Verification) {
@@ -125,25 +146,26 @@ fn flood(bench: &mut Bench<'_>, instances: usize) -> anyhow::Result<(RunResult, 
         )?;
 
         let reader = Reader::start(&settings, raw_dst, n, Duration::from_secs(60))?;
-        let broker_before = bench.broker_cpu();
-        let copy = child::spawn_raw_copy(&settings, raw_src, raw_dst, n)?;
-        let cost = copy.wait_exit(Duration::from_secs(900))?;
-        raw_broker_cpu.push((bench.broker_cpu() - broker_before) * 1e6 / n as f64);
-        let v = reader.finish()?;
+        let mut copy = [child::spawn_raw_copy(&settings, raw_src, raw_dst, n)?];
+        let (v, trace) = finish(reader, &mut copy, bench.broker_pid)?;
+        let [copy] = copy;
+        copy.wait_exit(Duration::from_secs(60))?;
+        let (cpu_us, broker_us) = window_cpu(&v, k, &trace);
         raw_rates.push(v.rate_after(k));
-        raw_cpu.push(cost.cpu_seconds * 1e6 / n as f64);
+        raw_cpu.push(cpu_us);
+        raw_broker_cpu.push(broker_us);
         eprintln!("    raw copy   {:>9.0} records/s", v.rate_after(k));
 
         let reader = Reader::start(&settings, target, n, Duration::from_secs(60))?;
-        let broker_before = bench.broker_cpu();
         let mut children = (0..instances)
             .map(|_| child::spawn_service(&settings))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let v = finish(reader, &mut children)?;
-        let (tier_writes, assignments, seconds, rss) = stop(children)?;
-        broker_cpu.push((bench.broker_cpu() - broker_before) * 1e6 / n as f64);
+        let (v, trace) = finish(reader, &mut children, bench.broker_pid)?;
+        let (tier_writes, assignments, _, rss) = stop(children)?;
+        let (cpu_us, broker_us) = window_cpu(&v, k, &trace);
+        broker_cpu.push(broker_us);
         rates.push(v.rate_after(k));
-        cpu.push(seconds * 1e6 / n as f64);
+        cpu.push(cpu_us);
         eprintln!("    kafka-delay {:>9.0} records/s", v.rate_after(k));
         r.writes_per_record = 1.0 + tier_writes / n as f64;
         r.peak_rss_mib = r.peak_rss_mib.max(rss);
@@ -220,7 +242,7 @@ fn delayed(
             _ => Due::Delay(rng.i64(0..=spread_max)),
         },
     )?;
-    let v = finish(reader, &mut children)?;
+    let (v, _) = finish(reader, &mut children, None)?;
     let (tier_writes, assignments, seconds, rss) = stop(children)?;
     let mut r = RunResult {
         shape: name,

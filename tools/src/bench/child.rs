@@ -234,7 +234,11 @@ pub struct CpuTrace {
 impl CpuTrace {
     /// Samples `pids` (and `broker`) until `done()` holds.
     pub fn record(pids: &[u32], broker: Option<u32>, mut done: impl FnMut() -> bool) -> Self {
-        let cpu = |pids: &[u32]| pids.iter().map(|&p| crate::broker::cpu_seconds_of(p)).sum::<f64>();
+        let cpu = |pids: &[u32]| {
+            pids.iter()
+                .map(|&p| crate::broker::cpu_seconds_of(p))
+                .sum::<f64>()
+        };
         let mut samples = Vec::new();
         loop {
             samples.push((

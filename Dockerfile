@@ -3,15 +3,16 @@
 # with only the shared libraries the binary links (libssl, libz via
 # librdkafka built from source) and a non-root user.
 
-FROM rust:1.85-bookworm AS build
+FROM rust:1.88-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends libssl-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY tools ./tools
 COPY src ./src
 COPY topics ./topics
 COPY config ./config
-RUN cargo build --release --locked --bin kafka-delay \
+RUN cargo build --release --locked -p kafka-delay --bin kafka-delay \
     && strip target/release/kafka-delay
 
 FROM debian:bookworm-slim

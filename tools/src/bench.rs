@@ -120,6 +120,11 @@ pub struct RunResult {
     pub duplicates: usize,
     /// Highest peak resident set of one instance, MiB.
     pub peak_rss_mib: f64,
+    /// Tier records read after their partition had drained past their
+    /// bucket (delivered late, at once), summed over instances and rounds.
+    pub late_appends: f64,
+    /// Watchdog resumes of partitions that made no progress.
+    pub stalls: f64,
     /// Partitions each instance was assigned, per source.
     pub assignments: Vec<String>,
 }
@@ -254,6 +259,10 @@ fn print(r: &RunResult) {
         r.duplicates,
         r.writes_per_record,
         r.peak_rss_mib
+    );
+    println!(
+        "  late appends {:.0}, watchdog resumes {:.0}",
+        r.late_appends, r.stalls
     );
     for (i, a) in r.assignments.iter().enumerate() {
         println!("  instance {}: {a}", i + 1);

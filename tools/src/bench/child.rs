@@ -123,12 +123,20 @@ pub fn spawn_service(settings: &Settings) -> anyhow::Result<Measured> {
     let mut settings = settings.clone();
     settings.http.enabled = true;
     settings.http.bind = format!("127.0.0.1:{port}");
-    let child = Command::new(service_binary())
+    let mut command = Command::new(service_binary());
+    command
         .arg("run")
         .envs(settings.env_overrides())
         .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .spawn()?;
+        .stdin(Stdio::null());
+    // Diagnosis: KAFKA_DELAY_BENCH_LOG_DIR keeps each instance's log
+    // (filter KAFKA_DELAY_BENCH_LOG, default info) as <dir>/<port>.log.
+    if let Ok(dir) = std::env::var("KAFKA_DELAY_BENCH_LOG_DIR") {
+        let filter = std::env::var("KAFKA_DELAY_BENCH_LOG").unwrap_or_else(|_| "info".into());
+        let file = std::fs::File::create(PathBuf::from(dir).join(format!("{port}.log")))?;
+        command.env("RUST_LOG", filter).stderr(file);
+    }
+    let child = command.spawn()?;
     Ok(Measured::new(child, Some(port)))
 }
 
@@ -188,6 +196,40 @@ pub fn wait_ready(children: &mut [Measured], timeout: Duration) -> anyhow::Resul
             c.sample();
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the instances' consumer groups have settled: for every
+/// source (`ingress`, each tier label) the partitions assigned over all
+/// children add up to the topic's partition count, in two samples 500 ms
+/// apart. Readiness alone is per instance: with several instances, later
+/// joins still move partitions, and a run measured then measures the
+/// rebalances.
+pub fn wait_settled(
+    children: &mut [Measured],
+    expected: &[(String, f64)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut streak = 0;
+    loop {
+        let settled = expected.iter().all(|(source, count)| {
+            let prefix = format!("kafka_delay_partitions_assigned{{source=\"{source}\"}}");
+            metric_sum(children, &prefix) == *count
+        });
+        streak = if settled { streak + 1 } else { 0 };
+        if streak >= 2 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "consumer groups not settled in {timeout:?}: {:?}",
+            assignments(children)
+        );
+        for c in children.iter_mut() {
+            c.sample();
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 

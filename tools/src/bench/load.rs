@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
@@ -193,6 +193,10 @@ fn read(
         ..Default::default()
     };
     let mut distinct = 0;
+    // Diagnosis: KAFKA_DELAY_BENCH_LATE_MS prints every record later than that.
+    let late_report: Option<i64> = std::env::var("KAFKA_DELAY_BENCH_LATE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let mut last = Instant::now();
     let mut linger: Option<Instant> = None;
     loop {
@@ -224,12 +228,39 @@ fn read(
         if let Some(scheduled) = scheduled {
             v.early += usize::from(now < scheduled);
             v.lateness_ms.push(now - scheduled);
+            if late_report.is_some_and(|bound| now - scheduled > bound) {
+                report_late(&msg, scheduled, now);
+            }
         }
     }
     v.lost = seen.iter().filter(|&&c| c == 0).count();
     v.duplicates = seen.iter().map(|&c| c.saturating_sub(1) as usize).sum();
     v.lateness_ms.sort_unstable();
     Ok(v)
+}
+
+/// Prints one late record: its due and arrival times (epoch ms), the
+/// target write's timestamp and its headers.
+fn report_late(msg: &BorrowedMessage<'_>, scheduled: i64, now: i64) {
+    let headers: Vec<String> = msg
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    format!(
+                        "{}={}",
+                        h.key,
+                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "late {} ms: due {scheduled} arrived {now} written {:?} {headers:?}",
+        now - scheduled,
+        msg.timestamp()
+    );
 }
 
 /// Percentile `p` (0–1) of sorted values.

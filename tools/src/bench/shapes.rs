@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kafka_delay::clock::now_ms;
-use kafka_delay::config::Settings;
+use kafka_delay::config::{tick_label, Settings};
 
 use super::child::{self, CpuTrace, Measured};
 use super::load::{self, Due, Reader, Verification};
@@ -43,27 +43,56 @@ pub(crate) fn run(
     }
 }
 
-/// Starts `n` instances and waits until all are ready.
-fn start(settings: &Settings, n: usize) -> anyhow::Result<Vec<Measured>> {
+/// Starts `n` instances and waits until all are ready and every topic's
+/// partitions are spread over them.
+fn start(settings: &Settings, n: usize, ingress: i32) -> anyhow::Result<Vec<Measured>> {
     let mut children = (0..n)
         .map(|_| child::spawn_service(settings))
         .collect::<anyhow::Result<Vec<_>>>()?;
     child::wait_ready(&mut children, Duration::from_secs(60))?;
+    let table = settings.tier_table()?;
+    let k = f64::from(settings.wheel.partitions_per_slot);
+    let expected: Vec<(String, f64)> = std::iter::once(("ingress".to_string(), f64::from(ingress)))
+        .chain(
+            table
+                .tiers()
+                .iter()
+                .map(|t| (tick_label(t.tick_ms), t.slots as f64 * k)),
+        )
+        .collect();
+    child::wait_settled(&mut children, &expected, Duration::from_secs(120))?;
     Ok(children)
 }
 
-/// What the instances did: tier writes (from their metrics), assignments,
-/// then their cost once stopped (CPU seconds summed, highest peak RSS).
-fn stop(children: Vec<Measured>) -> anyhow::Result<(f64, Vec<String>, f64, f64)> {
-    let tier_writes = child::metric_sum(&children, "kafka_delay_tier_writes_total{");
-    let assignments = child::assignments(&children);
-    let (mut cpu, mut rss) = (0.0, 0.0_f64);
+/// What the instances did, from their metrics and once stopped.
+struct Stopped {
+    tier_writes: f64,
+    /// Tier records read after their partition drained past their bucket.
+    late_appends: f64,
+    /// Times a watchdog resumed a partition that made no progress.
+    stalls: f64,
+    assignments: Vec<String>,
+    /// CPU seconds summed over the instances.
+    cpu_seconds: f64,
+    /// Highest peak RSS of one instance, MiB.
+    rss_mib: f64,
+}
+
+fn stop(children: Vec<Measured>) -> anyhow::Result<Stopped> {
+    let mut stopped = Stopped {
+        tier_writes: child::metric_sum(&children, "kafka_delay_tier_writes_total{"),
+        late_appends: child::metric_sum(&children, "kafka_delay_late_appends_total{"),
+        stalls: child::metric_sum(&children, "kafka_delay_stalls_total{"),
+        assignments: child::assignments(&children),
+        cpu_seconds: 0.0,
+        rss_mib: 0.0,
+    };
     for c in children {
         let cost = c.stop()?;
-        cpu += cost.cpu_seconds;
-        rss = rss.max(cost.peak_rss_mib);
+        stopped.cpu_seconds += cost.cpu_seconds;
+        stopped.rss_mib = stopped.rss_mib.max(cost.peak_rss_mib);
     }
-    Ok((tier_writes, assignments, cpu, rss))
+    Ok(stopped)
 }
 
 /// Waits for the reader while sampling the children's memory and CPU.
@@ -161,15 +190,17 @@ fn flood(bench: &mut Bench<'_>, instances: usize) -> anyhow::Result<(RunResult, 
             .map(|_| child::spawn_service(&settings))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (v, trace) = finish(reader, &mut children, bench.broker_pid)?;
-        let (tier_writes, assignments, _, rss) = stop(children)?;
+        let stopped = stop(children)?;
         let (cpu_us, broker_us) = window_cpu(&v, k, &trace);
         broker_cpu.push(broker_us);
         rates.push(v.rate_after(k));
         cpu.push(cpu_us);
         eprintln!("    kafka-delay {:>9.0} records/s", v.rate_after(k));
-        r.writes_per_record = 1.0 + tier_writes / n as f64;
-        r.peak_rss_mib = r.peak_rss_mib.max(rss);
-        r.assignments = assignments;
+        r.writes_per_record = 1.0 + stopped.tier_writes / n as f64;
+        r.peak_rss_mib = r.peak_rss_mib.max(stopped.rss_mib);
+        r.late_appends += stopped.late_appends;
+        r.stalls += stopped.stalls;
+        r.assignments = stopped.assignments;
         account(&mut r, &v);
         timeline = Some(Timeline {
             arrivals_ms: v.arrivals_ms,
@@ -218,7 +249,7 @@ fn delayed(
         keys: args.keys,
         rate,
     };
-    let mut children = start(&settings, instances)?;
+    let mut children = start(&settings, instances, bench.args.partitions)?;
     let reader = Reader::start(
         &settings,
         target,
@@ -243,16 +274,18 @@ fn delayed(
         },
     )?;
     let (v, _) = finish(reader, &mut children, None)?;
-    let (tier_writes, assignments, seconds, rss) = stop(children)?;
+    let stopped = stop(children)?;
     let mut r = RunResult {
         shape: name,
         instances,
         records: n,
         rate: Stat::of(&[v.rate_after((n as f64 * args.warmup) as usize)]),
-        cpu_us_per_record: seconds * 1e6 / n as f64,
-        writes_per_record: 1.0 + tier_writes / n as f64,
-        peak_rss_mib: rss,
-        assignments,
+        cpu_us_per_record: stopped.cpu_seconds * 1e6 / n as f64,
+        writes_per_record: 1.0 + stopped.tier_writes / n as f64,
+        peak_rss_mib: stopped.rss_mib,
+        late_appends: stopped.late_appends,
+        stalls: stopped.stalls,
+        assignments: stopped.assignments,
         ..Default::default()
     };
     account(&mut r, &v);

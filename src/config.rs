@@ -86,6 +86,9 @@ impl Default for KafkaSettings {
 pub struct TopicSettings {
     pub ingress: String,
     pub dead_letter: String,
+    /// Compacted topic of cancellations, keyed by `x-delay-id`
+    /// ([`crate::cancel`]).
+    pub cancel: String,
     /// Tier topics are `tier_prefix` + tick label (`delay.1s`, `delay.50ms`).
     pub tier_prefix: String,
     /// Target for records without `x-target-topic`.
@@ -102,6 +105,7 @@ impl Default for TopicSettings {
         Self {
             ingress: "delay.in".into(),
             dead_letter: "delay.dlq".into(),
+            cancel: "delay.cancel".into(),
             tier_prefix: "delay.".into(),
             default_target: None,
             allowed_targets: None,
@@ -313,6 +317,7 @@ impl Settings {
             ("KAFKA__GROUP_ID", self.kafka.group_id.clone()),
             ("TOPICS__INGRESS", self.topics.ingress.clone()),
             ("TOPICS__DEAD_LETTER", self.topics.dead_letter.clone()),
+            ("TOPICS__CANCEL", self.topics.cancel.clone()),
             ("TOPICS__TIER_PREFIX", self.topics.tier_prefix.clone()),
             ("WHEEL__TICKS", ticks.join(",")),
             ("WHEEL__TOP_SLOTS", self.wheel.top_slots.to_string()),
@@ -376,8 +381,18 @@ impl Settings {
         for (key, name) in [
             ("topics.ingress", &self.topics.ingress),
             ("topics.dead_letter", &self.topics.dead_letter),
+            ("topics.cancel", &self.topics.cancel),
         ] {
             check_topic_name(key, name)?;
+        }
+        if self.topics.cancel == self.topics.ingress
+            || self.topics.cancel == self.topics.dead_letter
+        {
+            return Err(invalid(
+                "topics.cancel",
+                "is the same topic as topics.ingress or topics.dead_letter",
+                "give the cancel topic its own name",
+            ));
         }
         if self.topics.ingress == self.topics.dead_letter {
             return Err(invalid(
@@ -389,10 +404,15 @@ impl Settings {
         let table = self.tier_table()?;
         for name in self.tier_topics(&table) {
             check_topic_name("topics.tier_prefix", &name)?;
-            if name == self.topics.ingress || name == self.topics.dead_letter {
+            if name == self.topics.ingress
+                || name == self.topics.dead_letter
+                || name == self.topics.cancel
+            {
                 return Err(invalid(
                     "topics.tier_prefix",
-                    format!("tier topic {name} collides with the ingress or dead-letter topic"),
+                    format!(
+                        "tier topic {name} collides with the ingress, dead-letter or cancel topic"
+                    ),
                     "choose another tier_prefix",
                 ));
             }
@@ -526,6 +546,7 @@ impl Settings {
         let mut own_topics = self.tier_topics(&table);
         own_topics.push(self.topics.ingress.clone());
         own_topics.push(self.topics.dead_letter.clone());
+        own_topics.push(self.topics.cancel.clone());
         let allowed = match &self.topics.allowed_targets {
             Some(pattern) => Some(Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
                 invalid(

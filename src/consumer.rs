@@ -102,6 +102,8 @@ type Client = BaseConsumer<GroupContext>;
 #[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
+    /// Outstanding cancellations, read from the cancel topic.
+    pub cancellations: Arc<crate::cancel::Cancellations>,
     pub health: Arc<Health>,
     pub limits: Arc<Limits>,
     pub clock: Arc<OffsetEstimator>,

@@ -33,6 +33,14 @@ pub const DUE_AT: &str = "x-delay-due-at";
 pub const TARGET: &str = "x-delay-target";
 /// On tier records: the bucket the record was written to (epoch ms / tick).
 pub const BUCKET: &str = "x-delay-bucket";
+/// Optional id of a delayed record (UTF-8, at most
+/// [`crate::cancel::ID_MAX_BYTES`] bytes): what a cancellation names. A
+/// user header: carried through the tiers and delivered.
+pub const ID: &str = "x-delay-id";
+
+/// Headers whose look-alikes (case, spaces, NUL) are dead-lettered: the
+/// routing headers and the id.
+const CHECKED_HEADERS: [&str; 4] = [DELAY, DELIVER_AT, TARGET_TOPIC, ID];
 
 /// The routing headers a producer sets.
 pub const ROUTING_HEADERS: [&str; 3] = [DELAY, DELIVER_AT, TARGET_TOPIC];
@@ -96,6 +104,8 @@ pub struct Envelope<'a> {
     pub original_timestamp_ms: i64,
     /// For tier records: the bucket they were written to.
     pub bucket: Option<i64>,
+    /// `x-delay-id`, if the record has one.
+    pub id: Option<&'a str>,
 }
 
 /// Why a record cannot be scheduled or delivered. The `Display` text is the
@@ -143,6 +153,8 @@ pub enum EnvelopeError {
     CorruptTierRecord(&'static str),
     #[error("tier record does not belong in this partition: {0}")]
     MisplacedTierRecord(String),
+    #[error("x-delay-id must be UTF-8, 1 to 256 bytes, got {0}")]
+    InvalidId(String),
 }
 
 impl EnvelopeError {
@@ -163,11 +175,12 @@ impl EnvelopeError {
             Self::DeliveryFailed(_) => "delivery_failed",
             Self::TooLarge(_) => "too_large",
             Self::CorruptTierRecord(_) | Self::MisplacedTierRecord(_) => "corrupt_tier_record",
+            Self::InvalidId(_) => "invalid_id",
         }
     }
 
     /// Every metric label [`EnvelopeError::reason`] can return.
-    pub const REASONS: [&'static str; 13] = [
+    pub const REASONS: [&'static str; 14] = [
         "invalid_delay",
         "invalid_deliver_at",
         "conflicting_headers",
@@ -180,6 +193,7 @@ impl EnvelopeError {
         "delivery_failed",
         "too_large",
         "corrupt_tier_record",
+        "invalid_id",
         "other",
     ];
 }
@@ -277,7 +291,7 @@ fn parse_delay(raw: &[u8]) -> Result<i64, EnvelopeError> {
     }
 }
 
-fn parse_deliver_at(raw: &[u8]) -> Result<i64, EnvelopeError> {
+pub fn parse_deliver_at(raw: &[u8]) -> Result<i64, EnvelopeError> {
     match parse_digits(raw) {
         Some(Ok(ms)) if (SECONDS_FLOOR..SECONDS_CEILING).contains(&ms) => {
             return Err(EnvelopeError::DeliverAtInSeconds(quote(raw)))
@@ -353,14 +367,15 @@ pub fn parse_ingress_trusting<'a>(
     policy: &'a TargetPolicy,
     trusted: &str,
 ) -> Result<Envelope<'a>, EnvelopeError> {
-    let (mut delay, mut deliver_at, mut target) = (None, None, None);
+    let (mut delay, mut deliver_at, mut target, mut id) = (None, None, None, None);
     for (key, value) in headers {
         match key {
             b"x-delay" => once(&mut delay, DELAY, value)?,
             b"x-deliver-at" => once(&mut deliver_at, DELIVER_AT, value)?,
             b"x-target-topic" => once(&mut target, TARGET_TOPIC, value)?,
+            b"x-delay-id" => once(&mut id, ID, value)?,
             _ => {
-                if let Some(routing) = lookalike(key, &ROUTING_HEADERS) {
+                if let Some(routing) = lookalike(key, &CHECKED_HEADERS) {
                     return Err(EnvelopeError::LookalikeHeader {
                         key: quote(key),
                         routing,
@@ -393,11 +408,18 @@ pub fn parse_ingress_trusting<'a>(
         policy.check(target)?
     };
     policy.check_delay(due_ms, now_ms)?;
+    let id = match id {
+        Some(raw) => {
+            Some(crate::cancel::parse_id(raw).ok_or_else(|| EnvelopeError::InvalidId(quote(raw)))?)
+        }
+        None => None,
+    };
     Ok(Envelope {
         due_ms,
         target,
         original_timestamp_ms: timestamp,
         bucket: None,
+        id,
     })
 }
 
@@ -430,12 +452,14 @@ pub fn parse_tier<'a>(
     policy: &TargetPolicy,
 ) -> Result<Envelope<'a>, EnvelopeError> {
     let (mut due, mut target, mut bucket, mut original) = (None, None, None, None);
+    let mut id = None;
     for (key, value) in headers {
         let (slot, name) = match key {
             b"x-delay-due-at" => (&mut due, DUE_AT),
             b"x-delay-target" => (&mut target, TARGET),
             b"x-delay-bucket" => (&mut bucket, BUCKET),
             b"x-delay-original-timestamp" => (&mut original, ORIGINAL_TIMESTAMP),
+            b"x-delay-id" => (&mut id, ID),
             _ => continue,
         };
         if slot.is_some() {
@@ -455,6 +479,12 @@ pub fn parse_tier<'a>(
         target: policy.check(target)?,
         original_timestamp_ms: number(original, ORIGINAL_TIMESTAMP)?,
         bucket: Some(number(bucket, BUCKET)?),
+        id: match id {
+            Some(raw) => {
+                Some(crate::cancel::parse_id(raw).ok_or(EnvelopeError::CorruptTierRecord(ID))?)
+            }
+            None => None,
+        },
     };
     let bucket = env.bucket.unwrap_or_default();
     let misplaced = |why: String| Err(EnvelopeError::MisplacedTierRecord(why));

@@ -28,6 +28,7 @@
 //! The demo, the benchmark and the local broker launcher live in the
 //! `kafka-delay-tools` workspace member (`tools/`), outside this binary.
 
+pub mod cancel;
 pub mod clock;
 pub mod config;
 pub mod consumer;

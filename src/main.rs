@@ -62,8 +62,28 @@ enum Command {
         /// Record key.
         #[arg(long)]
         key: Option<String>,
+        /// `x-delay-id` of every record published (what `cancel` names).
+        #[arg(long)]
+        id: Option<String>,
         /// Record value; omit to read values from standard input.
         value: Option<String>,
+    },
+    /// Cancel the delayed records with an `x-delay-id`: records with that id
+    /// published before now are not delivered. Exits 3, publishing
+    /// nothing, when --due has passed (too late: already delivered).
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `x-delay-id` to cancel.
+        #[arg(long)]
+        id: String,
+        /// Cancel only records for this target topic.
+        #[arg(long)]
+        target: Option<String>,
+        /// Due time of the record (epoch ms or RFC 3339): the cancellation
+        /// is kept in memory until then (default: now + wheel.max_delay).
+        #[arg(long)]
+        due: Option<String>,
     },
 }
 
@@ -87,6 +107,57 @@ enum TopicsAction {
         #[arg(long)]
         spec: Option<PathBuf>,
     },
+}
+
+/// `cancel`: the record was due already.
+const EXIT_TOO_LATE: u8 = 3;
+
+/// `kafka-delay cancel`.
+fn cancel(settings: &Settings, id: &str, target: Option<&str>, due: Option<&str>) -> ExitCode {
+    use kafka_delay::{cancel, envelope};
+    if cancel::parse_id(id.as_bytes()).is_none() {
+        eprintln!(
+            "kafka-delay: --id must be 1 to {} bytes",
+            cancel::ID_MAX_BYTES
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let now = kafka_delay::clock::now_ms();
+    let until = match due {
+        Some(raw) => match envelope::parse_deliver_at(raw.as_bytes()) {
+            Ok(due_ms) => due_ms,
+            Err(error) => {
+                eprintln!("kafka-delay: --due: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => now.saturating_add(settings.wheel.max_delay.as_millis() as i64),
+    };
+    if until <= now {
+        println!(
+            "too late: records with x-delay-id {id} due at {} were due {} ms ago and have been delivered; nothing was cancelled",
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(until as u64)),
+            now - until
+        );
+        return ExitCode::from(EXIT_TOO_LATE);
+    }
+    match cancel::publish(settings, id, target, now, until) {
+        Ok(()) => {
+            let at = |ms: i64| {
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + Duration::from_millis(ms as u64),
+                )
+            };
+            println!(
+                "cancelled: records with x-delay-id {id}{} published before {} and due by {} will not be delivered",
+                target.map(|t| format!(" for {t}")).unwrap_or_default(),
+                at(now),
+                at(until)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(kafka_delay::kafka::describe(&error)),
+    }
 }
 
 /// EX_USAGE, as linkerd2-proxy uses for bad configuration.
@@ -187,12 +258,26 @@ fn main() -> ExitCode {
                 Err(error) => fail(error),
             }
         }
+        Command::Cancel {
+            config,
+            id,
+            target,
+            due,
+        } => {
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            telemetry::init(&settings.log);
+            cancel(&settings, &id, target.as_deref(), due.as_deref())
+        }
         Command::Produce {
             config,
             target,
             delay,
             deliver_at,
             key,
+            id,
             value,
         } => {
             let settings = match load(&config) {
@@ -209,7 +294,14 @@ fn main() -> ExitCode {
                 Some(v) => Box::new(std::iter::once(v)),
                 None => Box::new(produce::stdin_lines()),
             };
-            match produce::produce(&settings, &target, &when, key.as_deref(), values) {
+            match produce::produce(
+                &settings,
+                &target,
+                &when,
+                key.as_deref(),
+                id.as_deref(),
+                values,
+            ) {
                 Ok(n) => {
                     println!("{n} records published to {}", settings.topics.ingress);
                     ExitCode::SUCCESS

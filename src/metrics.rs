@@ -42,6 +42,8 @@ pub enum Outcome {
     Delivered,
     /// Sent to the dead-letter topic.
     DeadLettered,
+    /// Cancelled (`x-delay-id`): neither delivered nor written to a tier.
+    Cancelled,
 }
 
 /// What a produce was for (label `kind`).
@@ -50,7 +52,7 @@ pub const KINDS: [&str; 3] = ["target", "tier", "dead_letter"];
 /// All of the service's metrics, registered in one [`Registry`].
 pub struct Metrics {
     registry: Registry,
-    ingested: [IntCounter; 4],
+    ingested: [IntCounter; 5],
     forwarded: Vec<IntCounter>,
     delivered: IntCounter,
     tier_writes: Vec<IntCounter>,
@@ -78,6 +80,10 @@ pub struct Metrics {
     clock_offset: Gauge,
     clock_limit: Gauge,
     ready: IntGauge,
+    cancelled: IntCounter,
+    cancellations: IntGauge,
+    cancellations_too_late: IntCounter,
+    cancellations_invalid: IntCounter,
 }
 
 /// Lateness buckets in seconds, 1 ms to 1 h.
@@ -186,7 +192,7 @@ impl Metrics {
         );
         clock_offset.set(f64::NAN);
         Self {
-            ingested: ["tier", "timer", "delivered", "dead_lettered"]
+            ingested: ["tier", "timer", "delivered", "dead_lettered", "cancelled"]
                 .map(|o| ingested.with_label_values(&[o])),
             forwarded: children(&source, |l| forwarded.with_label_values(&[l])),
             delivered: counter(
@@ -298,6 +304,29 @@ impl Metrics {
                 &r,
                 IntGauge::new("kafka_delay_ready", "1 while /readyz answers 200.")
                     .expect("valid gauge"),
+            ),
+            cancelled: counter(
+                &r,
+                "kafka_delay_records_cancelled_total",
+                "Records not delivered because a cancellation names their x-delay-id.",
+            ),
+            cancellations: register(
+                &r,
+                IntGauge::new(
+                    "kafka_delay_cancellations_outstanding",
+                    "Cancellations held in memory (not yet past the latest due time they can affect).",
+                )
+                .expect("valid gauge"),
+            ),
+            cancellations_too_late: counter(
+                &r,
+                "kafka_delay_cancellations_too_late_total",
+                "Cancellations issued after the latest due time they could affect (the record was due already).",
+            ),
+            cancellations_invalid: counter(
+                &r,
+                "kafka_delay_cancellations_invalid_total",
+                "Records of the cancel topic ignored: a key that is not an x-delay-id, or a bad value.",
             ),
             registry: r,
         }
@@ -434,6 +463,26 @@ impl Metrics {
     /// Readiness, as `/readyz` reports it.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// A record was cancelled instead of forwarded or written to a tier.
+    pub fn cancelled(&self) {
+        self.cancelled.inc();
+    }
+
+    /// Cancellations held in memory.
+    pub fn set_cancellations_outstanding(&self, n: usize) {
+        self.cancellations.set(n as i64);
+    }
+
+    /// A cancellation arrived after the latest due time it could affect.
+    pub fn cancellation_too_late(&self) {
+        self.cancellations_too_late.inc();
+    }
+
+    /// A record of the cancel topic was ignored.
+    pub fn cancellation_invalid(&self) {
+        self.cancellations_invalid.inc();
     }
 
     /// Records written into any tier so far (for writes per record).

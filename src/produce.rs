@@ -21,12 +21,14 @@ pub enum When {
 }
 
 /// Publishes one record per value to the ingress topic with routing headers
-/// for `target` and `when`. Returns the number of records acknowledged.
+/// for `target` and `when`, and `x-delay-id` when `id` is set. Returns the
+/// number of records acknowledged.
 pub fn produce(
     settings: &Settings,
     target: &str,
     when: &When,
     key: Option<&str>,
+    id: Option<&str>,
     values: impl Iterator<Item = String>,
 ) -> Result<usize, KafkaError> {
     let producer: ThreadedProducer<DefaultProducerContext> =
@@ -46,6 +48,13 @@ pub fn produce(
                 key: envelope::TARGET_TOPIC,
                 value: Some(target),
             });
+        let headers = match id {
+            Some(id) => headers.insert(Header {
+                key: envelope::ID,
+                value: Some(id),
+            }),
+            None => headers,
+        };
         let mut record = BaseRecord::<str, str>::to(&settings.topics.ingress)
             .payload(&payload)
             .headers(headers);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cancel::{CancelReader, Cancellations};
 use crate::clock::OffsetEstimator;
 use crate::config::Settings;
 use crate::consumer::{ConsumerLoop, EngineError, Limits, Role, Shared};
@@ -27,6 +28,8 @@ pub enum ServiceError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Cancel(#[from] crate::cancel::ReaderError),
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -142,8 +145,14 @@ pub fn run_with(
     let table = settings.tier_table().map_err(EngineError::from)?;
     let roles = roles(table.tiers().len());
     let s = &settings.service;
+    // Nothing is forwarded before every cancellation on record is known.
+    let cancellations = Arc::new(Cancellations::default());
+    let cancel_reader = CancelReader::start(settings, cancellations.clone(), metrics.clone())?;
+    cancel_reader.wait_loaded(&settings.topics.cancel, *s.startup_timeout)?;
+    metrics.set_cancellations_outstanding(cancellations.len());
     let shared = Shared {
         metrics: metrics.clone(),
+        cancellations,
         health: health.clone(),
         limits: Arc::new(Limits::new(
             s.max_in_flight,
@@ -198,6 +207,7 @@ pub fn run_with(
             Err(_) => tracing::error!("a consumer loop panicked"),
         }
     }
+    cancel_reader.stop();
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }

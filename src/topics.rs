@@ -47,6 +47,11 @@ pub enum TopicsError {
 pub struct Spec {
     pub ingress: FixedTopic,
     pub dead_letter: FixedTopic,
+    /// The cancel topic (compacted); default: 3 partitions, retention of
+    /// `wheel.max_delay` + 1 day (a cancellation matters until the latest
+    /// due time it can affect).
+    #[serde(default)]
+    pub cancel: Option<FixedTopic>,
     pub tiers: TierTopics,
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
@@ -76,6 +81,8 @@ pub struct TopicPlan {
     pub retention_ms: i64,
     /// Shortest retention that still works (ms): a tier's horizon.
     pub min_retention_ms: i64,
+    /// `cleanup.policy=compact,delete` (the cancel topic).
+    pub compacted: bool,
 }
 
 impl Spec {
@@ -97,7 +104,8 @@ impl Spec {
         })
     }
 
-    /// Every topic the service needs: ingress, dead-letter, then the tiers.
+    /// Every topic the service needs: ingress, dead-letter, cancel, then the
+    /// tiers.
     pub fn plan(&self, settings: &Settings) -> Result<Vec<TopicPlan>, TopicsError> {
         let table = settings.tier_table()?;
         let ms = |d: &Serde<Duration>| d.as_millis() as i64;
@@ -107,12 +115,26 @@ impl Spec {
                 partitions: self.ingress.partitions,
                 retention_ms: ms(&self.ingress.retention),
                 min_retention_ms: 0,
+                compacted: false,
             },
             TopicPlan {
                 name: settings.topics.dead_letter.clone(),
                 partitions: self.dead_letter.partitions,
                 retention_ms: ms(&self.dead_letter.retention),
                 min_retention_ms: 0,
+                compacted: false,
+            },
+            TopicPlan {
+                name: settings.topics.cancel.clone(),
+                partitions: self.cancel.as_ref().map_or(3, |c| c.partitions),
+                retention_ms: self
+                    .cancel
+                    .as_ref()
+                    .map_or(table.max_delay_ms().saturating_add(86_400_000), |c| {
+                        ms(&c.retention)
+                    }),
+                min_retention_ms: 0,
+                compacted: true,
             },
         ];
         let k = i64::from(settings.wheel.partitions_per_slot);
@@ -124,6 +146,7 @@ impl Spec {
                 retention_ms: horizon * i64::from(self.tiers.retention_factor.max(1))
                     + ms(&self.tiers.retention_margin),
                 min_retention_ms: horizon,
+                compacted: false,
             });
         }
         if let Some(bad) = plans.iter().find(|p| p.partitions < 1) {
@@ -241,6 +264,10 @@ pub async fn apply(settings: &Settings, spec: &Spec) -> Result<Vec<Report>, Topi
         for (k, v) in &spec.configs {
             topic = topic.set(k, v);
         }
+        if plan.compacted {
+            // The latest cancellation per id is what counts.
+            topic = topic.set("cleanup.policy", "compact,delete");
+        }
         new_topics.push(topic);
     }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -316,7 +343,7 @@ pub fn has_drift(reports: &[Report]) -> bool {
 }
 
 /// The ACLs the service's `principal` needs, as `kafka-acls.sh` commands:
-/// read the ingress; read and write the tier topics (only the service may
+/// read the ingress and the cancel topic; read and write the tier topics (only the service may
 /// write them: a forged tier record is dead-lettered, but can still deliver
 /// to any allowed target); write the dead-letter topic and the targets;
 /// its consumer groups (`<group_id>.*`, prefixed); idempotent writes.
@@ -347,6 +374,15 @@ pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>,
         "{base} {} --topic {}",
         ops(&["Write", "Describe"]),
         settings.topics.dead_letter
+    ));
+    lines.push(format!(
+        "{base} {} --topic {}",
+        ops(&["Read", "Describe"]),
+        settings.topics.cancel
+    ));
+    lines.push(format!(
+        "# cancellations: grant Write on {} to the principals that cancel or reschedule",
+        settings.topics.cancel
     ));
     lines.push(format!(
         "{base} {} --group {}. --resource-pattern-type prefixed",
@@ -390,6 +426,7 @@ pub fn verify(settings: &Settings, spec: &Spec) -> Result<(), TopicsError> {
             Some(actual)
                 if plan.name != settings.topics.ingress
                     && plan.name != settings.topics.dead_letter
+                    && plan.name != settings.topics.cancel
                     && actual != plan.partitions =>
             {
                 return Err(TopicsError::Drift(format!(
@@ -413,11 +450,12 @@ mod tests {
         let spec = Spec::load(None).unwrap();
         let plans = spec.plan(&Settings::default()).unwrap();
         let parts: Vec<i32> = plans.iter().map(|p| p.partitions).collect();
-        assert_eq!(parts, vec![6, 3, 64, 64, 28, 32]);
-        for p in &plans[2..] {
+        assert_eq!(parts, vec![6, 3, 3, 64, 64, 28, 32]);
+        assert!(plans[2].compacted && plans[2].name == "delay.cancel");
+        for p in &plans[3..] {
             assert!(p.retention_ms > p.min_retention_ms, "{p:?}");
         }
-        assert_eq!(plans[2].name, "delay.1s");
+        assert_eq!(plans[3].name, "delay.1s");
     }
 
     #[test]
@@ -427,6 +465,7 @@ mod tests {
             partitions: 64,
             retention_ms: 1,
             min_retention_ms: 0,
+            compacted: false,
         };
         let line = Report {
             plan,

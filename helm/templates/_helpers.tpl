@@ -173,6 +173,7 @@ group_id = {{ .Values.kafka.groupId | quote }}
 [topics]
 ingress = {{ .Values.topics.ingress | quote }}
 dead_letter = {{ .Values.topics.deadLetter | quote }}
+cancel = {{ .Values.topics.cancel | quote }}
 tier_prefix = {{ .Values.topics.tierPrefix | quote }}
 {{- with .Values.topics.defaultTarget }}
 default_target = {{ . | quote }}

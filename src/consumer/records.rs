@@ -25,6 +25,7 @@ pub struct Scheduled {
     from: Source,
     target: String,
     original_timestamp_ms: i64,
+    id: Option<Box<str>>,
     record: OwnedMessage,
     bytes: usize,
 }
@@ -194,6 +195,11 @@ impl ConsumerLoop {
         from: Source,
         now: i64,
     ) -> Outcome {
+        if self.is_cancelled(env) {
+            self.shared.metrics.cancelled();
+            self.ledger.acknowledge(ticket);
+            return Outcome::Cancelled;
+        }
         match self.table.route(now, env.due_ms) {
             Route::Deliver => {
                 self.fire_timers(now);
@@ -210,6 +216,7 @@ impl ConsumerLoop {
                         from,
                         target: env.target.to_owned(),
                         original_timestamp_ms: env.original_timestamp_ms,
+                        id: env.id.map(Box::from),
                         record: msg.to_owned_message(),
                         bytes,
                     },
@@ -236,10 +243,37 @@ impl ConsumerLoop {
                 target: &s.target,
                 original_timestamp_ms: s.original_timestamp_ms,
                 bucket: None,
+                id: s.id.as_deref(),
             };
+            if self.is_cancelled(&env) {
+                self.shared.metrics.cancelled();
+                self.ledger.acknowledge(s.ticket);
+                continue;
+            }
             self.forwarder
                 .to_target(&s.record, &env, s.from, s.ticket, now);
         }
+    }
+
+    /// Whether a cancellation names this record (checked before every
+    /// forward and tier write; records without an id skip the look-up).
+    fn is_cancelled(&self, env: &Envelope<'_>) -> bool {
+        let Some(id) = env.id else {
+            return false;
+        };
+        let cancelled =
+            self.shared
+                .cancellations
+                .cancels(id, env.target, env.original_timestamp_ms);
+        if cancelled {
+            tracing::debug!(
+                id,
+                target = env.target,
+                due = env.due_ms,
+                "record cancelled"
+            );
+        }
+        cancelled
     }
 
     /// Ends holds and sleeps that are due: handles the held records in

@@ -4,6 +4,7 @@
 //! happens within seconds.
 
 mod bad_input;
+mod cancel;
 mod faults;
 mod helpers;
 mod never_stuck;

@@ -184,16 +184,16 @@ fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
     let mut service = spawn_service(&settings);
     let reader = Reader::start(&settings, &[target]);
     wait_ready_on(&settings);
-    let produce = |args: &[&str], stdin: &str| {
+    let cli = |command: &str, args: &[&str], stdin: &str| {
         let mut child = Command::new(BIN)
-            .arg("produce")
-            .args(["--target", target])
+            .arg(command)
             .args(args)
             .env(
                 "KAFKA_DELAY__KAFKA__BOOTSTRAP_SERVERS",
                 &settings.kafka.bootstrap_servers,
             )
             .env("KAFKA_DELAY__TOPICS__INGRESS", &settings.topics.ingress)
+            .env("KAFKA_DELAY__TOPICS__CANCEL", &settings.topics.cancel)
             .env("RUST_LOG", "error")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -206,13 +206,41 @@ fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
             .write_all(stdin.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let produce = |args: &[&str], stdin: &str| {
+        let args: Vec<&str> = ["--target", target.as_str()]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        let (code, out) = cli("produce", &args, stdin);
+        assert_eq!(code, Some(0), "{out}");
+        out
     };
     let started = kafka_delay::consumer::now_ms();
+    assert!(produce(&["--delay", "3s", "--id", "cli-1", "to-cancel"], "").starts_with("1 records"));
+    let (code, out) = cli("cancel", &["--id", "cli-1"], "");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.starts_with("cancelled: records with x-delay-id cli-1"),
+        "{out}"
+    );
+    let (code, out) = cli(
+        "cancel",
+        &["--id", "cli-2", "--due", "2020-01-01T00:00:00Z"],
+        "",
+    );
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.starts_with("too late:"), "{out}");
     assert!(produce(&["--delay", "1500ms", "--key", "k1", "hello"], "").starts_with("1 records"));
     assert!(produce(&["--delay", "1s"], "a\nb\nc\n").starts_with("3 records"));
-    let arrivals = reader.wait(4, Duration::from_secs(30), Duration::from_millis(300));
+    // Long enough for the cancelled record, due 3 s after `started`, to
+    // have arrived had it not been cancelled.
+    let arrivals = reader.wait(4, Duration::from_secs(30), Duration::from_secs(3));
     let mut values: Vec<String> = arrivals.iter().map(|a| a.value()).collect();
     values.sort();
     assert_eq!(values, ["a", "b", "c", "hello"]);

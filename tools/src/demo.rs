@@ -27,6 +27,7 @@ pub fn local_settings(bootstrap: &str, prefix: &str, ticks: &[&str]) -> Settings
     s.kafka.group_id = format!("{prefix}group");
     s.topics.ingress = format!("{prefix}in");
     s.topics.dead_letter = format!("{prefix}dlq");
+    s.topics.cancel = format!("{prefix}cancel");
     s.topics.tier_prefix = prefix.to_owned();
     s.wheel.ticks = ticks
         .iter()

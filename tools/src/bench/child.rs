@@ -97,7 +97,11 @@ impl Measured {
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         Ok(Some(Cost {
             cpu_seconds: secs(usage.ru_utime) + secs(usage.ru_stime),
-            peak_rss_mib: self.peak_rss_mib.max(usage.ru_maxrss as f64 / 1024.0),
+            // Not `ru_maxrss`: Linux carries the pre-exec high-water mark
+            // (`exec_mmap` → `setmax_mm_hiwater_rss`: the forked copy of
+            // this benchmark's own memory) into the child's maxrss, so it
+            // reported the benchmark's size, not the service's.
+            peak_rss_mib: self.peak_rss_mib,
         }))
     }
 }

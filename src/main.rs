@@ -85,6 +85,37 @@ enum Command {
         #[arg(long)]
         due: Option<String>,
     },
+    /// Move a pending record to a new due time: finds it in the tiers by
+    /// `x-delay-id`, cancels it and publishes its key, value and headers
+    /// again with the new delay. Exits 3 when no tier holds it.
+    Reschedule {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `x-delay-id` of the record.
+        #[arg(long)]
+        id: String,
+        /// New delay from now ("30s", "2h").
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "deliver_at")]
+        delay: Option<Duration>,
+        /// New due time: epoch ms or RFC 3339.
+        #[arg(long)]
+        deliver_at: Option<String>,
+    },
+    /// Inspect what the tiers hold: pending records per tier and target,
+    /// oldest and latest due time, a histogram of due times; `--id` finds
+    /// one record. Reads the tier topics from the service's committed
+    /// offsets to their ends (records still in the ingress topic or in an
+    /// instance's due-soon timer are not seen).
+    Pending {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Find the record with this `x-delay-id`.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +142,62 @@ enum TopicsAction {
 
 /// `cancel`: the record was due already.
 const EXIT_TOO_LATE: u8 = 3;
+
+/// `kafka-delay pending`: a progress bar on standard error while it reads.
+fn pending(settings: &Settings, id: Option<&str>, json: bool) -> ExitCode {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tier records read ({eta})")
+            .expect("valid template"),
+    );
+    let result = kafka_delay::pending::scan(settings, id, |read, total| {
+        bar.set_length(total);
+        bar.set_position(read);
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(scan) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&scan).expect("serializable")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(scan) => {
+            print!("{}", kafka_delay::pending::render(&scan, id));
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(kafka_delay::kafka::describe(&error)),
+    }
+}
+
+/// `kafka-delay reschedule`.
+fn reschedule(settings: &Settings, id: &str, when: &produce::When) -> ExitCode {
+    use kafka_delay::reschedule::{self, Outcome};
+    let at = |ms: i64| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
+        )
+    };
+    match reschedule::reschedule(settings, id, when) {
+        Ok(Outcome::Moved { found, due_ms }) => {
+            println!(
+                "rescheduled: x-delay-id {id} for {} moved from {} to {}",
+                found.target,
+                at(found.due_ms),
+                at(due_ms)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::NotPending) => {
+            println!(
+                "not pending: no tier holds a record with x-delay-id {id} (delivered already, or still in the ingress topic or an instance's due-soon timer); nothing changed"
+            );
+            ExitCode::from(EXIT_TOO_LATE)
+        }
+        Err(error) => fail(error),
+    }
+}
 
 /// `kafka-delay cancel`.
 fn cancel(settings: &Settings, id: &str, target: Option<&str>, due: Option<&str>) -> ExitCode {
@@ -257,6 +344,35 @@ fn main() -> ExitCode {
                 }
                 Err(error) => fail(error),
             }
+        }
+        Command::Pending { config, id, json } => {
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            telemetry::init(&settings.log);
+            pending(&settings, id.as_deref(), json)
+        }
+        Command::Reschedule {
+            config,
+            id,
+            delay,
+            deliver_at,
+        } => {
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            telemetry::init(&settings.log);
+            let when = match (delay, deliver_at) {
+                (_, Some(at)) => produce::When::At(at),
+                (Some(d), None) => produce::When::Delay(d),
+                (None, None) => {
+                    eprintln!("kafka-delay: give --delay or --deliver-at");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            reschedule(&settings, &id, &when)
         }
         Command::Cancel {
             config,

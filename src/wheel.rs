@@ -119,6 +119,17 @@ pub enum WheelError {
         "tier #{index} would need {slots} slots; at most {max} are allowed — add a tier between"
     )]
     TooManySlots { index: usize, slots: i64, max: i64 },
+    #[error(
+        "wheel.max_clock_skew ({skew_ms} ms) needs {margin} free slots in the top tier (tick \
+         {tick_ms} ms, {slots} slots), leaving fewer than 3: raise wheel.top_slots to at least \
+         {} or lower wheel.max_clock_skew", margin + 3
+    )]
+    SkewTooLarge {
+        skew_ms: i64,
+        tick_ms: i64,
+        slots: i64,
+        margin: i64,
+    },
 }
 
 /// Produce latency the slot margin allows for, ms (DESIGN §2 simulations).
@@ -188,15 +199,21 @@ impl TierTable {
                     max: MAX_SLOTS,
                 });
             }
+            if index == top && margin > slots - 3 {
+                // The top tier's slot count is configured, not derived: a
+                // margin it cannot hold would break the late-append bound.
+                return Err(WheelError::SkewTooLarge {
+                    skew_ms,
+                    tick_ms,
+                    slots,
+                    margin,
+                });
+            }
             tiers.push(Tier {
                 tick_ms,
                 slots,
                 lead_ms: lead(index),
-                margin: if index == top {
-                    margin.min(slots - 3)
-                } else {
-                    margin
-                },
+                margin,
             });
         }
         let top = &tiers[top];

@@ -288,7 +288,12 @@ proptest! {
         ahead in 0_i64..=200_000,
     ) {
         let ticks = [t0, t0 * ratio / 10];
-        let table = TierTable::derive(&ticks, 8, 200, i64::MAX / 4, skew).unwrap();
+        let table = match TierTable::derive(&ticks, 8, 200, i64::MAX / 4, skew) {
+            Ok(table) => table,
+            // Refused: the top tier cannot hold the margin this skew needs.
+            Err(WheelError::SkewTooLarge { .. }) => return Ok(()),
+            Err(other) => panic!("{other}"),
+        };
         let lag = skew * lag_permille / 1_000;
         let writer = now - lag;
         let due = writer + ahead;
@@ -310,6 +315,30 @@ proptest! {
             "{table:?}: bucket {bucket} appended late at {appended} while its next turn is routable"
         );
     }
+}
+
+#[test]
+fn a_skew_the_top_tier_cannot_absorb_is_refused_naming_the_fix() {
+    // The case proptest found: top tick 193 ms, 8 slots, 1622 ms of skew
+    // needs 9 free slots.
+    let error = TierTable::derive(&[15, 193], 8, 200, i64::MAX / 4, 1_622).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            WheelError::SkewTooLarge {
+                margin: 9,
+                slots: 8,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("raise wheel.top_slots to at least 12"),
+        "{error}"
+    );
 }
 
 #[test]

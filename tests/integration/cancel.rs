@@ -136,3 +136,178 @@ fn an_invalid_id_is_dead_lettered_with_its_reason() {
         "{error}"
     );
 }
+
+#[test]
+fn pending_counts_what_the_tiers_hold_and_finds_a_record_by_id() {
+    let _heavy = heavy();
+    let (settings, targets) = setup("pending", &["a", "b"]);
+    let (ta, tb) = (&targets[0], &targets[1]);
+    let instance = Instance::start("A", &settings);
+    instance.wait_ready(Duration::from_secs(30));
+    let p = producer(&settings);
+    // Due 8 s to 60 s ahead: beyond every timer, in every tier (and past
+    // the 5 s tier's horizon: a roll-over).
+    let (n_a, n_b) = (150, 50);
+    for i in 0..n_a + n_b {
+        let target = if i < n_a { ta } else { tb };
+        let delay = (8_000 + (i * 2_713) % 52_000).to_string();
+        let id = format!("p-{i}");
+        publish(
+            &p,
+            &settings,
+            Some(&id),
+            &format!("v{i}"),
+            &[
+                ("x-delay", &delay),
+                ("x-target-topic", target),
+                ("x-delay-id", &id),
+            ],
+        );
+    }
+    let published = now_ms();
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    // Every record routed into a tier, and the ingress offsets committed.
+    let mut scan = None;
+    let counted = wait_until(Duration::from_secs(15), || {
+        let s = kafka_delay::pending::scan(&settings, Some("p-7"), |_, _| {}).unwrap();
+        let done = s.total == (n_a + n_b) as u64;
+        scan = Some(s);
+        done
+    });
+    let scan = scan.unwrap();
+    println!("{}", kafka_delay::pending::render(&scan, Some("p-7")));
+    assert!(counted, "pending counted {} of {}", scan.total, n_a + n_b);
+    assert_eq!(scan.by_target.get(ta.as_str()), Some(&(n_a as u64)));
+    assert_eq!(scan.by_target.get(tb.as_str()), Some(&(n_b as u64)));
+    let found = scan.found.expect("p-7 is pending");
+    let delay_7 = 8_000 + (7 * 2_713) % 52_000;
+    assert!(
+        (found.due_ms - (published + delay_7 as i64)).abs() < 2_000,
+        "{found:?}"
+    );
+    assert_eq!(found.value.as_deref(), Some(b"v7".as_slice()));
+    let in_histogram: u64 = scan.histogram.iter().map(|(_, n)| n).sum();
+    assert_eq!(in_histogram, scan.total);
+    assert!(
+        kafka_delay::pending::scan(&settings, Some("nobody"), |_, _| {})
+            .unwrap()
+            .found
+            .is_none()
+    );
+}
+
+#[test]
+fn reschedule_moves_a_record_earlier_and_later_and_delivers_it_once() {
+    let _heavy = heavy();
+    let (settings, targets) = setup("resched", &["target"]);
+    let target = &targets[0];
+    let instance = Instance::start("A", &settings);
+    instance.wait_ready(Duration::from_secs(30));
+    let reader = Reader::start(&settings, &[target]);
+    let p = producer(&settings);
+    publish_with_id(&p, &settings, target, Some("early"), "to-earlier", 20_000);
+    publish_with_id(&p, &settings, target, Some("late"), "to-later", 6_000);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let moved = |id: &str, delay_ms: u64| {
+        let when = kafka_delay::produce::When::Delay(Duration::from_millis(delay_ms));
+        match kafka_delay::reschedule::reschedule(&settings, id, &when).unwrap() {
+            kafka_delay::reschedule::Outcome::Moved { due_ms, .. } => due_ms,
+            kafka_delay::reschedule::Outcome::NotPending => panic!("{id} not pending"),
+        }
+    };
+    let earlier_due = moved("early", 3_000);
+    let later_due = moved("late", 12_000);
+    let arrivals = reader.wait(2, Duration::from_secs(25), Duration::from_secs(10));
+    let got = values(&arrivals);
+    assert_eq!(got, vec!["to-earlier", "to-later"], "each delivered once");
+    for (value, due) in [("to-earlier", earlier_due), ("to-later", later_due)] {
+        let a = arrivals.iter().find(|a| a.value() == value).unwrap();
+        let scheduled: i64 = a.header("x-delay-scheduled-at").unwrap().parse().unwrap();
+        assert_eq!(scheduled, due, "{value} delivered for its new due time");
+        assert!(
+            a.seen_ms >= due && a.seen_ms - due < 3_000,
+            "{value}: {} ms late",
+            a.seen_ms - due
+        );
+        assert_eq!(
+            a.header("x-delay-id").as_deref(),
+            Some(if value == "to-earlier" {
+                "early"
+            } else {
+                "late"
+            })
+        );
+    }
+    assert_eq!(
+        instance.metric("kafka_delay_records_cancelled_total"),
+        Some(2.0)
+    );
+    // Nothing left to move.
+    let when = kafka_delay::produce::When::Delay(Duration::from_secs(1));
+    assert!(matches!(
+        kafka_delay::reschedule::reschedule(&settings, "early", &when).unwrap(),
+        kafka_delay::reschedule::Outcome::NotPending
+    ));
+}
+
+/// VmRSS of a process, KiB.
+fn rss_kib(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_hundred_thousand_outstanding_cancellations_cost_little_memory() {
+    let _heavy = heavy();
+    let (settings, _) = setup("cancelmem", &[]);
+    let instance = Instance::start("A", &settings);
+    instance.wait_ready(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    let before = rss_kib(instance.pid());
+    let p = producer(&settings);
+    let n = 100_000;
+    let now = now_ms();
+    for i in 0..n {
+        let value = format!(r#"{{"before": {now}, "until": {}}}"#, now + 3_600_000);
+        let key = format!("order-{i:08}");
+        let mut record = rdkafka::producer::BaseRecord::<str, str>::to(&settings.topics.cancel)
+            .key(&key)
+            .payload(&value);
+        while let Err((e, back)) = p.send(record) {
+            assert!(
+                matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ),
+                "{e}"
+            );
+            record = back;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || instance
+            .metric("kafka_delay_cancellations_outstanding")
+            == Some(n as f64)),
+        "outstanding: {:?}",
+        instance.metric("kafka_delay_cancellations_outstanding")
+    );
+    let after = rss_kib(instance.pid());
+    let per = (after - before) as f64 * 1024.0 / n as f64;
+    println!(
+        "100 000 cancellations: RSS {before} KiB -> {after} KiB, {per:.0} bytes per cancellation"
+    );
+    assert!(per < 1_024.0, "{per:.0} bytes per outstanding cancellation");
+}

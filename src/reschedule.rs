@@ -1,0 +1,95 @@
+//! `kafka-delay reschedule`: move a pending record to a new due time.
+//!
+//! The record is found in the tiers by its `x-delay-id`
+//! ([`crate::pending::scan`]); a cancellation of that id for its target,
+//! covering records published until now, is written; then the record's
+//! key, value and own headers are published to the ingress again with the
+//! new due time, timestamped 1 ms after the cancellation so that it is not
+//! cancelled itself. The old copy is never delivered, the new one at its
+//! new time.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::config::Settings;
+use crate::pending::{self, Found};
+use crate::produce::When;
+use crate::{cancel, envelope, kafka};
+
+/// What `reschedule` did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Moved from the old due time to the new one (epoch ms).
+    Moved { found: Box<Found>, due_ms: i64 },
+    /// No tier holds a record with that id.
+    NotPending,
+}
+
+/// Errors: the scan's or the producer's, or an unparsable `--deliver-at`.
+#[derive(Debug, thiserror::Error)]
+pub enum RescheduleError {
+    #[error("kafka: {}", kafka::describe(.0))]
+    Kafka(#[from] KafkaError),
+    #[error("--deliver-at: {0}")]
+    When(#[from] envelope::EnvelopeError),
+}
+
+/// Finds the record with `id`, cancels it and publishes it again due at `when`.
+pub fn reschedule(settings: &Settings, id: &str, when: &When) -> Result<Outcome, RescheduleError> {
+    let scan = pending::scan(settings, Some(id), |_, _| {})?;
+    let Some(found) = scan.found else {
+        return Ok(Outcome::NotPending);
+    };
+    let now = crate::clock::now_ms();
+    let timestamp = now + 1;
+    let due_ms = match when {
+        When::Delay(d) => timestamp + d.as_millis() as i64,
+        When::At(raw) => envelope::parse_deliver_at(raw.as_bytes())?,
+    };
+    cancel::publish(
+        settings,
+        id,
+        Some(&found.target),
+        timestamp,
+        found.due_ms.max(now),
+    )?;
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        kafka::producer_config(settings).create()?;
+    let mut headers = OwnedHeaders::new_with_capacity(found.headers.len() + 2);
+    for (key, value) in &found.headers {
+        // Header keys are bytes; librdkafka takes them as text up to a NUL.
+        let key = String::from_utf8_lossy(key);
+        headers = headers.insert(Header {
+            key: &key,
+            value: value.as_deref(),
+        });
+    }
+    let due = due_ms.to_string();
+    headers = headers
+        .insert(Header {
+            key: envelope::DELIVER_AT,
+            value: Some(&due),
+        })
+        .insert(Header {
+            key: envelope::TARGET_TOPIC,
+            value: Some(&found.target),
+        });
+    let mut record = BaseRecord::<[u8], [u8]>::to(&settings.topics.ingress)
+        .headers(headers)
+        .timestamp(timestamp);
+    if let Some(key) = &found.key {
+        record = record.key(key);
+    }
+    if let Some(value) = &found.value {
+        record = record.payload(value);
+    }
+    producer.send(record).map_err(|(error, _)| error)?;
+    producer.flush(Duration::from_secs(30))?;
+    Ok(Outcome::Moved {
+        found: Box::new(found),
+        due_ms,
+    })
+}

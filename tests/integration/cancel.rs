@@ -182,7 +182,7 @@ fn pending_counts_what_the_tiers_hold_and_finds_a_record_by_id() {
     let found = scan.found.expect("p-7 is pending");
     let delay_7: i64 = 8_000 + 7 * 2_713; // below 52 000: no wrap
     assert!(
-        (found.due_ms - (published + delay_7 as i64)).abs() < 2_000,
+        (found.due_ms - (published + delay_7)).abs() < 2_000,
         "{found:?}"
     );
     assert_eq!(found.value.as_deref(), Some(b"v7".as_slice()));

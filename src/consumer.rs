@@ -364,7 +364,12 @@ impl ConsumerLoop {
             let table = &self.table;
             self.partitions.sleep_drained(now, self.grace_ms, |p| {
                 let slot = table.slot_of_partition(tier, p);
-                table.next_turn_release(tier, slot, now)
+                let next = table.next_turn_release(tier, slot, now);
+                let t = &table.tiers()[tier];
+                // The turn released last: its bucket starts `lead` after
+                // its release and lasts one tick.
+                let bucket_end = next - t.slots * t.tick_ms + t.lead_ms + t.tick_ms;
+                (next, bucket_end)
             });
         }
         if let Some(side) = &self.side {

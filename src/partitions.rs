@@ -378,10 +378,13 @@ impl PartitionTable {
     }
 
     /// Puts drained partitions to sleep: fetching, nothing held, an end of
-    /// partition seen since the last resume, and quiet for `grace_ms`.
-    /// `next_turn(p)` is when `p`'s slot is released next.
-    pub fn sleep_drained(&mut self, now_ms: i64, grace_ms: i64, next_turn: impl Fn(i32) -> i64) {
-        let sleepy: Vec<i32> = self
+    /// partition seen since the last resume, quiet for `grace_ms`, and past
+    /// the end of the bucket it released last (a record of that bucket
+    /// appended late is then still fetched at once, not found by the watcher
+    /// a watch interval later). `turns(p)` is (when `p`'s slot is released
+    /// next, when the bucket it released last ends), epoch ms.
+    pub fn sleep_drained(&mut self, now_ms: i64, grace_ms: i64, turns: impl Fn(i32) -> (i64, i64)) {
+        let sleepy: Vec<(i32, i64)> = self
             .iter()
             .filter(|(_, part)| {
                 part.phase == Phase::Fetching
@@ -391,15 +394,16 @@ impl PartitionTable {
                     && now_ms - part.last_progress_ms >= grace_ms
                     && part.sleep_position().is_some()
             })
-            .map(|(p, _)| p)
+            .filter_map(|(p, _)| {
+                let (next, awake_until) = turns(p);
+                (now_ms >= awake_until).then_some((p, next))
+            })
             .collect();
-        for p in sleepy {
+        for (p, next) in sleepy {
             if let Some(part) = self.get_mut(p) {
                 part.next_offset = part.sleep_position();
-                part.phase = Phase::Sleeping {
-                    until_ms: next_turn(p),
-                };
-                tracing::debug!(partition = p, position = ?part.next_offset, until = next_turn(p), "sleeping");
+                part.phase = Phase::Sleeping { until_ms: next };
+                tracing::debug!(partition = p, position = ?part.next_offset, until = next, "sleeping");
             }
             self.sync(p, now_ms);
         }

@@ -77,7 +77,7 @@ fn a_held_head_pauses_until_its_release_then_fetching_resumes() {
 #[test]
 fn only_a_fresh_end_of_partition_lets_a_partition_sleep() {
     let (mut t, _f) = table(0);
-    let next_turn = |_| 60_000;
+    let next_turn = |_| (60_000, 0);
     // No EOF since the resume: stays awake however long it is quiet.
     t.sleep_drained(10_000, 1_000, next_turn);
     assert_eq!(t.get(0).unwrap().phase, Phase::Fetching);
@@ -105,13 +105,29 @@ fn only_a_fresh_end_of_partition_lets_a_partition_sleep() {
 }
 
 #[test]
+fn a_drained_partition_stays_awake_until_the_bucket_it_released_ends() {
+    let (mut t, _f) = table(0);
+    t.note_record(0, 3, 1_000);
+    t.note_eof(0, None, 1_000);
+    // Grace is over at 2 000, but records of the released bucket may still
+    // be appended (late) until it ends at 2 500: keep fetching them.
+    t.sleep_drained(2_000, 1_000, |_| (60_000, 2_500));
+    assert_eq!(t.get(0).unwrap().phase, Phase::Fetching);
+    t.sleep_drained(2_500, 1_000, |_| (60_000, 2_500));
+    assert_eq!(
+        t.get(0).unwrap().phase,
+        Phase::Sleeping { until_ms: 60_000 }
+    );
+}
+
+#[test]
 fn the_watcher_wakes_sleepers_with_new_records_and_resumes_stalled_partitions() {
     let (mut t, _f) = table(0);
     for p in 0..3 {
         t.note_record(p, 9, 100);
         t.note_eof(p, None, 100);
     }
-    t.sleep_drained(2_000, 1_000, |_| 60_000);
+    t.sleep_drained(2_000, 1_000, |_| (60_000, 0));
     assert_eq!(t.counts(), (3, 0));
     // Partition 0 had a record appended, 1 did not.
     let report = WatchReport {
@@ -150,7 +166,7 @@ fn an_empty_partition_sleeps_only_once_its_end_offset_is_known() {
     let (mut t, _f) = table(0);
     // Drained without a single record: librdkafka's EOF gives no offset.
     t.note_eof(0, None, 100);
-    t.sleep_drained(5_000, 1_000, |_| 60_000);
+    t.sleep_drained(5_000, 1_000, |_| (60_000, 0));
     assert_eq!(t.get(0).unwrap().phase, Phase::Fetching, "position unknown");
     let before = WatchReport {
         issued_at_ms: 50,
@@ -158,7 +174,7 @@ fn an_empty_partition_sleeps_only_once_its_end_offset_is_known() {
         committed: vec![],
     };
     t.apply_watch(&before, 5_000, 60_000);
-    t.sleep_drained(5_000, 1_000, |_| 60_000);
+    t.sleep_drained(5_000, 1_000, |_| (60_000, 0));
     assert_eq!(
         t.get(0).unwrap().phase,
         Phase::Fetching,
@@ -169,7 +185,7 @@ fn an_empty_partition_sleeps_only_once_its_end_offset_is_known() {
         ..before
     };
     t.apply_watch(&after, 5_000, 60_000);
-    t.sleep_drained(5_000, 1_000, |_| 60_000);
+    t.sleep_drained(5_000, 1_000, |_| (60_000, 0));
     assert_eq!(
         t.get(0).unwrap().phase,
         Phase::Sleeping { until_ms: 60_000 }

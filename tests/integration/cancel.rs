@@ -91,6 +91,24 @@ fn cancelled_records_are_not_delivered_and_a_rescheduled_one_is_once() {
         a.metric("kafka_delay_records_cancelled_total")
     );
     assert_eq!(a.metric("kafka_delay_cancellations_outstanding"), Some(4.0));
+    // A cancellation issued after the latest due time it names is counted
+    // as too late (a client that knew the due time); a bad one as invalid.
+    let late = format!(r#"{{"before": {}, "until": {}}}"#, now - 5_000, now - 1_000);
+    for (key, value) in [("order-5", late.as_str()), ("order-6", "not json")] {
+        p.send(
+            rdkafka::producer::BaseRecord::<str, str>::to(&settings.topics.cancel)
+                .key(key)
+                .payload(value)
+                .timestamp(now_ms()),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        a.metric("kafka_delay_cancellations_too_late_total") == Some(1.0)
+            && a.metric("kafka_delay_cancellations_invalid_total") == Some(1.0)
+    }));
 }
 
 #[test]

@@ -21,6 +21,13 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// An epoch-ms instant as RFC 3339 in UTC with milliseconds (before 1970:
+/// the epoch), for messages to people.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 const NONE: i64 = i64::MAX;
 
 /// Minimum of `local − broker` over the current and the previous window.

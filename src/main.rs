@@ -174,11 +174,7 @@ fn pending(settings: &Settings, id: Option<&str>, json: bool) -> ExitCode {
 /// `kafka-delay reschedule`.
 fn reschedule(settings: &Settings, id: &str, when: &produce::When) -> ExitCode {
     use kafka_delay::reschedule::{self, Outcome};
-    let at = |ms: i64| {
-        humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64),
-        )
-    };
+    let at = kafka_delay::clock::rfc3339_ms;
     match reschedule::reschedule(settings, id, when) {
         Ok(Outcome::Moved { found, due_ms }) => {
             println!(
@@ -223,18 +219,14 @@ fn cancel(settings: &Settings, id: &str, target: Option<&str>, due: Option<&str>
     if until <= now {
         println!(
             "too late: records with x-delay-id {id} due at {} were due {} ms ago and have been delivered; nothing was cancelled",
-            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(until as u64)),
+            kafka_delay::clock::rfc3339_ms(until),
             now - until
         );
         return ExitCode::from(EXIT_TOO_LATE);
     }
     match cancel::publish(settings, id, target, now, until) {
         Ok(()) => {
-            let at = |ms: i64| {
-                humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH + Duration::from_millis(ms as u64),
-                )
-            };
+            let at = kafka_delay::clock::rfc3339_ms;
             println!(
                 "cancelled: records with x-delay-id {id}{} published before {} and due by {} will not be delivered",
                 target.map(|t| format!(" for {t}")).unwrap_or_default(),
@@ -255,6 +247,13 @@ fn load(config: &ConfigArg) -> Result<Settings, ExitCode> {
         eprintln!("kafka-delay: {error}");
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+/// [`load`], then logging as configured (every command that connects).
+fn load_logged(config: &ConfigArg) -> Result<Settings, ExitCode> {
+    let settings = load(config)?;
+    telemetry::init(&settings.log);
+    Ok(settings)
 }
 
 fn fail(error: impl std::fmt::Display) -> ExitCode {
@@ -318,11 +317,10 @@ fn main() -> ExitCode {
         Command::Topics {
             action: TopicsAction::Apply { config, spec },
         } => {
-            let settings = match load(&config) {
+            let settings = match load_logged(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            telemetry::init(&settings.log);
             let spec_path = spec.or_else(|| settings.topics.spec_file.clone());
             let result = topics::Spec::load(spec_path.as_deref()).and_then(|spec| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -346,11 +344,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Pending { config, id, json } => {
-            let settings = match load(&config) {
+            let settings = match load_logged(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            telemetry::init(&settings.log);
             pending(&settings, id.as_deref(), json)
         }
         Command::Reschedule {
@@ -359,11 +356,10 @@ fn main() -> ExitCode {
             delay,
             deliver_at,
         } => {
-            let settings = match load(&config) {
+            let settings = match load_logged(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            telemetry::init(&settings.log);
             let when = match (delay, deliver_at) {
                 (_, Some(at)) => produce::When::At(at),
                 (Some(d), None) => produce::When::Delay(d),
@@ -380,11 +376,10 @@ fn main() -> ExitCode {
             target,
             due,
         } => {
-            let settings = match load(&config) {
+            let settings = match load_logged(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            telemetry::init(&settings.log);
             cancel(&settings, &id, target.as_deref(), due.as_deref())
         }
         Command::Produce {
@@ -396,11 +391,10 @@ fn main() -> ExitCode {
             id,
             value,
         } => {
-            let settings = match load(&config) {
+            let settings = match load_logged(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            telemetry::init(&settings.log);
             let when = match (delay, deliver_at) {
                 (_, Some(at)) => produce::When::At(at),
                 (Some(d), None) => produce::When::Delay(d),

@@ -296,12 +296,6 @@ fn count(
     }
 }
 
-/// An epoch-ms instant as RFC 3339 (UTC, ms).
-fn instant(ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
 /// The scan as text: totals per tier and target, due-time range and
 /// histogram, and the record found by id.
 pub fn render(scan: &Scan, id: Option<&str>) -> String {
@@ -322,7 +316,12 @@ pub fn render(scan: &Scan, id: Option<&str>) -> String {
         }
     }
     if let (Some(oldest), Some(latest)) = (scan.oldest_due_ms, scan.latest_due_ms) {
-        let _ = writeln!(out, "due from {} to {}", instant(oldest), instant(latest));
+        let _ = writeln!(
+            out,
+            "due from {} to {}",
+            crate::clock::rfc3339_ms(oldest),
+            crate::clock::rfc3339_ms(latest)
+        );
         let _ = writeln!(out, "due in:");
         let widest = scan
             .histogram
@@ -352,7 +351,7 @@ pub fn render(scan: &Scan, id: Option<&str>) -> String {
                     f.tier,
                     f.partition,
                     f.offset,
-                    instant(f.due_ms),
+                    crate::clock::rfc3339_ms(f.due_ms),
                     f.target
                 );
             }

@@ -1,12 +1,13 @@
 //! `kafka-delay reschedule`: move a pending record to a new due time.
 //!
 //! The record is found in the tiers by its `x-delay-id`
-//! ([`crate::pending::scan`]); a cancellation of that id for its target,
-//! covering records published until now, is written; then the record's
-//! key, value and own headers are published to the ingress again with the
-//! new due time, timestamped 1 ms after the cancellation so that it is not
-//! cancelled itself. The old copy is never delivered, the new one at its
-//! new time.
+//! ([`crate::pending::scan`]); its key, value and own headers are
+//! published to the ingress again with the new due time, timestamped
+//! `now + 1` ms; then a cancellation of that id for its target covering
+//! records published before `now + 1` is written, so that the new copy is
+//! not cancelled. The old copy is never delivered, the new one at its new
+//! time. In that order a failure between the two steps delivers both copies
+//! (at-least-once) rather than none.
 
 use std::time::Duration;
 
@@ -49,13 +50,6 @@ pub fn reschedule(settings: &Settings, id: &str, when: &When) -> Result<Outcome,
         When::Delay(d) => timestamp + d.as_millis() as i64,
         When::At(raw) => envelope::parse_deliver_at(raw.as_bytes())?,
     };
-    cancel::publish(
-        settings,
-        id,
-        Some(&found.target),
-        timestamp,
-        found.due_ms.max(now),
-    )?;
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka::producer_config(settings).create()?;
     let mut headers = OwnedHeaders::new_with_capacity(found.headers.len() + 2);
@@ -88,6 +82,15 @@ pub fn reschedule(settings: &Settings, id: &str, when: &When) -> Result<Outcome,
     }
     producer.send(record).map_err(|(error, _)| error)?;
     producer.flush(Duration::from_secs(30))?;
+    // Only now the cancellation: should it fail, both copies are delivered
+    // (and the error says so) rather than none.
+    cancel::publish(
+        settings,
+        id,
+        Some(&found.target),
+        timestamp,
+        found.due_ms.max(now),
+    )?;
     Ok(Outcome::Moved {
         found: Box::new(found),
         due_ms,

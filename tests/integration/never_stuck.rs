@@ -90,12 +90,7 @@ fn two_instances_release_every_tier_on_time() {
     for i in [&a, &b] {
         i.wait_ready(Duration::from_secs(30));
     }
-    let table = settings.tier_table().unwrap();
-    let mut sources: Vec<(String, i64)> = vec![("ingress".into(), 6)];
-    for t in table.tiers() {
-        sources.push((kafka_delay::config::tick_label(t.tick_ms), t.slots));
-    }
-    let sources: Vec<(&str, i64)> = sources.iter().map(|(s, p)| (s.as_str(), *p)).collect();
+    let sources = sources(&settings);
     assert!(
         wait_until(Duration::from_secs(30), || balanced(&[&a, &b], &sources)),
         "groups did not settle: {:?}",
@@ -365,8 +360,22 @@ fn a_broker_restart_on_persistent_storage_loses_nothing() {
         .assert_ok("broker restart (sqlite)", 8_000 + 5_000);
 }
 
+/// Every source topic of the loops (`ingress`, each tier label) and its
+/// partition count (6 ingress partitions in the test spec; slots per tier).
+fn sources(settings: &kafka_delay::config::Settings) -> Vec<(String, i64)> {
+    let table = settings.tier_table().unwrap();
+    std::iter::once(("ingress".to_owned(), 6))
+        .chain(
+            table
+                .tiers()
+                .iter()
+                .map(|t| (kafka_delay::config::tick_label(t.tick_ms), t.slots)),
+        )
+        .collect()
+}
+
 /// Each instance's partitions of every source topic, from its metrics.
-fn shares(instances: &[&Instance], sources: &[(&str, i64)]) -> Vec<Vec<i64>> {
+fn shares(instances: &[&Instance], sources: &[(String, i64)]) -> Vec<Vec<i64>> {
     sources
         .iter()
         .map(|(source, _)| {
@@ -384,7 +393,7 @@ fn shares(instances: &[&Instance], sources: &[(&str, i64)]) -> Vec<Vec<i64>> {
 }
 
 /// True when every source's partitions are spread ⌊P/N⌋ or ⌈P/N⌉ per instance.
-fn balanced(instances: &[&Instance], sources: &[(&str, i64)]) -> bool {
+fn balanced(instances: &[&Instance], sources: &[(String, i64)]) -> bool {
     let n = instances.len() as i64;
     shares(instances, sources)
         .iter()
@@ -399,12 +408,7 @@ fn balanced(instances: &[&Instance], sources: &[(&str, i64)]) -> bool {
 fn every_tier_is_shared_evenly_across_joins_and_leaves() {
     let _heavy = heavy();
     let (settings, _) = setup("shares", &[]);
-    let table = settings.tier_table().unwrap();
-    let mut sources: Vec<(String, i64)> = vec![("ingress".into(), 6)];
-    for t in table.tiers() {
-        sources.push((kafka_delay::config::tick_label(t.tick_ms), t.slots));
-    }
-    let sources: Vec<(&str, i64)> = sources.iter().map(|(s, p)| (s.as_str(), *p)).collect();
+    let sources = sources(&settings);
     let a = Instance::start("A", &settings);
     let mut b = Instance::start("B", &settings);
     let c = Instance::start("C", &settings);

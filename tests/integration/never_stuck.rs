@@ -225,9 +225,11 @@ fn records_written_by_a_slow_clock_into_a_released_bucket_arrive_within_bounds()
         }
     }
     // The skewed instance releases its own partitions ~3 s late by its
-    // clock; late appends must not wait a turn (24 s).
+    // clock; late appends must not wait a turn (24 s). Measured: worst
+    // 5.4 s alone, 7.6 s while the rest of the suite loads the two cores;
+    // the bound catches a missed turn, not the load.
     Account::of(&settings, target, &arrivals, n)
-        .assert_ok("writer clock 3 s behind", 3_000 + 4_000);
+        .assert_ok("writer clock 3 s behind", 3_000 + 7_000);
     let late: f64 = [&writer, &owner]
         .iter()
         .filter_map(|i| i.metric("kafka_delay_late_appends_total{tier=\"250ms\"}"))

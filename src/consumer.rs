@@ -20,7 +20,9 @@
 //! Submodules: [`records`] (what happens to each record), `rebalance`
 //! (the group's callbacks), `flow` (backpressure).
 
+mod exactly_once;
 mod flow;
+mod order;
 mod rebalance;
 mod records;
 
@@ -128,6 +130,10 @@ pub struct ConsumerLoop {
     timer_bytes: usize,
     targets: Option<Targets>,
     parked: VecDeque<Parked>,
+    /// Exactly-once mode: per-partition write order (None: at-least-once).
+    order: Option<order::Order>,
+    /// Exactly-once mode: aborts in a row (back-off before reading again).
+    aborts: u32,
     /// The last target accepted (policy and existence), and when.
     trusted: (String, i64),
     shared: Shared,
@@ -153,20 +159,48 @@ impl ConsumerLoop {
             Role::Tier(t) => tier_topics[t].clone(),
         };
         let ledger = Arc::new(Ledger::default());
+        let label = match role {
+            Role::Ingress => "ingress".to_owned(),
+            Role::Tier(t) => crate::config::tick_label(table.tiers()[t].tick_ms),
+        };
+        let exactly_once = settings.delivery.exactly_once();
+        let mut producer_config = kafka::producer_config(settings);
+        if exactly_once {
+            producer_config.set("transactional.id", settings.transactional_id(&label));
+            let txn_ms = settings.delivery.transaction_timeout.as_millis() as u64;
+            producer_config.set("transaction.timeout.ms", txn_ms.to_string());
+            // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
+            let message_ms = producer_config
+                .get("message.timeout.ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(txn_ms, |ms| ms.min(txn_ms));
+            producer_config.set("message.timeout.ms", message_ms.to_string());
+        }
         let forwarder = Forwarder::new(
-            &kafka::producer_config(settings),
+            &producer_config,
             ledger.clone(),
             shared.metrics.clone(),
             shared.clock.clone(),
             &settings.topics.dead_letter,
             &tier_topics,
         )?;
-        let group = settings.group_of(&match role {
-            Role::Ingress => "ingress".to_owned(),
-            Role::Tier(t) => crate::config::tick_label(table.tiers()[t].tick_ms),
-        });
+        let transaction = if exactly_once {
+            Some(crate::transaction::Transaction::start(
+                &forwarder,
+                settings,
+                shared.metrics.clone(),
+            )?)
+        } else {
+            None
+        };
+        let group = settings.group_of(&label);
         let eof = matches!(role, Role::Tier(_));
         let mut config = kafka::consumer_config(settings, &group, eof);
+        if let Some(id) = &settings.delivery.instance_id {
+            // Static membership (KIP-345): a restart under the same name
+            // takes its partitions back without a rebalance.
+            config.set("group.instance.id", id);
+        }
         if let Role::Tier(t) = role {
             // Brokers that do not wake a waiting fetch (Tansu) answer an
             // empty partition after fetch.wait.max.ms: a tier loop can wait
@@ -198,6 +232,9 @@ impl ConsumerLoop {
             assigned: Mutex::new(Default::default()),
             events: Mutex::new(Vec::new()),
             events_pending: AtomicBool::new(false),
+            transaction: Mutex::new(transaction),
+            rewind: AtomicBool::new(false),
+            fatal: Mutex::new(None),
         };
         let consumer: Arc<Client> = Arc::new(config.create_with_context(context)?);
         let (pauser, pauses) = Pauser::channel();
@@ -248,6 +285,8 @@ impl ConsumerLoop {
             timer_bytes: 0,
             targets,
             parked: VecDeque::new(),
+            order: exactly_once.then(order::Order::default),
+            aborts: 0,
             trusted: (String::new(), 0),
             shared,
             shutdown_timeout: *settings.service.shutdown_timeout,
@@ -267,6 +306,7 @@ impl ConsumerLoop {
             let now = now_ms();
             let mut turn = Turn::start();
             self.fire_timers(now);
+            self.drain_ready(now);
             turn.step("timers");
             self.wake_partitions(now);
             turn.step("wake");
@@ -278,7 +318,9 @@ impl ConsumerLoop {
                 self.housekeeping(now);
                 turn.step("housekeeping");
             }
-            if last_commit.elapsed() >= self.commit_interval {
+            if self.order.is_some() {
+                self.transact(false);
+            } else if last_commit.elapsed() >= self.commit_interval {
                 last_commit = Instant::now();
                 self.commit();
             }
@@ -287,10 +329,15 @@ impl ConsumerLoop {
                 self.refresh_gauges();
                 turn.step("gauges");
             }
-            if let Some(error) = self.failures.fatal() {
+            if let Some(error) = self
+                .failures
+                .fatal()
+                .map(str::to_owned)
+                .or_else(|| self.consumer.context().take_fatal())
+            {
                 let error = EngineError::FatalProducer {
                     topic: self.topic.clone(),
-                    error: error.to_owned(),
+                    error,
                 };
                 tracing::error!(%error);
                 self.shutdown();
@@ -407,7 +454,8 @@ impl ConsumerLoop {
             .iter()
             .map(|(p, part)| {
                 let blocked = self.failures.blocked().any(|a| a == part.id);
-                (p, book.in_flight_of(part.id), blocked)
+                let waiting = self.order.as_ref().map_or(0, |o| o.waiting_len(p));
+                (p, book.in_flight_of(part.id) + waiting, blocked)
             })
             .collect();
         drop(book);
@@ -480,6 +528,14 @@ impl ConsumerLoop {
         );
         if let Err(error) = self.forwarder.flush(self.shutdown_timeout) {
             tracing::warn!(%error, "not every record was acknowledged before the deadline");
+        }
+        if self.order.is_some() {
+            self.finish_transaction();
+            if let Some(side) = self.side.take() {
+                side.stop();
+            }
+            self.targets.take();
+            return;
         }
         let positions: Vec<(i32, i64)> = self
             .ledger

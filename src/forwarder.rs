@@ -17,6 +17,7 @@ pub mod failures;
 mod record;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -192,6 +193,8 @@ pub struct Forwarder {
     handles: Handles,
     /// Records refused with `QueueFull`, oldest first, with their opaque.
     overflow: VecDeque<(OwnedRecord, usize)>,
+    /// Writes issued so far (exactly-once mode sizes transactions by it).
+    sent: Arc<AtomicU64>,
 }
 
 /// Topic handles, opened on first use (a producer that never writes a
@@ -258,12 +261,14 @@ impl Forwarder {
             metrics,
             handles: Handles::default(),
             overflow: VecDeque::new(),
+            sent: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Produces `record`; a full queue keeps it for [`Forwarder::drain_overflow`],
     /// any other refusal becomes a [`Failure`].
     fn send(&mut self, record: Parts<'_>, dest: Dest<'_>, inflight: Inflight) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let opaque = inflight.pack();
         let Parts {
             key,
@@ -479,6 +484,31 @@ impl Forwarder {
     /// The failures reported so far, for [`Failures::handle`].
     pub fn take_failures(&self) -> Vec<Failure> {
         std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The count of writes issued, shared (for [`crate::transaction`]).
+    pub fn sent_counter(&self) -> Arc<AtomicU64> {
+        self.sent.clone()
+    }
+
+    /// The failures queue, shared (a transaction aborts when it is not empty).
+    pub fn failures_handle(&self) -> Arc<Mutex<Vec<Failure>>> {
+        self.failures.clone()
+    }
+
+    /// True when failed writes wait to be handled.
+    pub fn has_failures(&self) -> bool {
+        !self
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Drops the records waiting for room in librdkafka's queue (exactly-once
+    /// mode, after an abort: their sources are read again).
+    pub fn discard_unsent(&mut self) {
+        self.overflow.clear();
     }
 
     /// Records waiting for room in librdkafka's queue.

@@ -133,6 +133,12 @@ impl PartitionOffsets {
         }
     }
 
+    /// The offset of the record with sequence number `seq`, while pending.
+    pub fn offset_of(&self, seq: u64) -> Option<i64> {
+        let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
+        self.pending.get(index).map(|&(offset, _)| offset)
+    }
+
     /// Records taken but not yet delivered.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
@@ -291,6 +297,16 @@ impl Book {
         self.entries[assignment.slot()]
             .as_ref()
             .is_none_or(|e| e.offsets.is_done(ticket.seq()))
+    }
+
+    /// The source (partition, offset) of a pending record's ticket.
+    pub fn source_of(&self, ticket: Ticket) -> Option<(i32, i64)> {
+        let assignment = ticket.assignment();
+        if !self.is_live(assignment) {
+            return None;
+        }
+        let e = self.entries[assignment.slot()].as_ref()?;
+        Some((e.partition, e.offsets.offset_of(ticket.seq())?))
     }
 
     /// Commit position of one partition, if anything was taken.

@@ -19,6 +19,8 @@
 //!   thread; [`targets`] — target existence look-ups, off the loop's thread;
 //! * [`timer`] — the due-soon min-heap, delivery at the exact due time;
 //! * [`forwarder`] — produce, acknowledgements, retries and dead letters;
+//!   [`transaction`] — exactly-once mode: writes and offsets in one
+//!   Kafka transaction;
 //! * [`topics`] — topic specs and `topics apply`;
 //! * [`clock`], [`health`], [`metrics`], [`http`], [`telemetry`],
 //!   [`shutdown`] — operations;
@@ -50,5 +52,6 @@ pub mod targets;
 pub mod telemetry;
 pub mod timer;
 pub mod topics;
+pub mod transaction;
 pub mod watcher;
 pub mod wheel;

@@ -84,6 +84,9 @@ pub struct Metrics {
     cancellations: IntGauge,
     cancellations_too_late: IntCounter,
     cancellations_invalid: IntCounter,
+    transactions_committed: IntCounter,
+    transactions_aborted: IntCounter,
+    transaction_duration: Histogram,
 }
 
 /// Lateness buckets in seconds, 1 ms to 1 h.
@@ -328,6 +331,21 @@ impl Metrics {
                 "kafka_delay_cancellations_invalid_total",
                 "Records of the cancel topic ignored: a key that is not an x-delay-id, or a bad value.",
             ),
+            transactions_committed: counter(
+                &r,
+                "kafka_delay_transactions_committed_total",
+                "Kafka transactions committed (exactly-once mode).",
+            ),
+            transactions_aborted: counter(
+                &r,
+                "kafka_delay_transactions_aborted_total",
+                "Kafka transactions aborted (exactly-once mode); their source records are read again.",
+            ),
+            transaction_duration: histogram(
+                &r,
+                "kafka_delay_transaction_duration_seconds",
+                "Time from a transaction's first write to its commit (exactly-once mode).",
+            ),
             registry: r,
         }
     }
@@ -446,6 +464,27 @@ impl Metrics {
     /// An offset commit was answered after `seconds`.
     pub fn commit_latency(&self, seconds: f64) {
         self.commit_latency.observe(seconds);
+    }
+
+    /// A transaction committed after being open `seconds`.
+    pub fn transaction_committed(&self, seconds: f64) {
+        self.transactions_committed.inc();
+        self.transaction_duration.observe(seconds);
+    }
+
+    /// A transaction was aborted.
+    pub fn transaction_aborted(&self) {
+        self.transactions_aborted.inc();
+    }
+
+    /// Transactions committed so far.
+    pub fn transactions_committed_total(&self) -> u64 {
+        self.transactions_committed.get()
+    }
+
+    /// Transactions aborted so far.
+    pub fn transactions_aborted_total(&self) -> u64 {
+        self.transactions_aborted.get()
     }
 
     /// An offset commit failed.

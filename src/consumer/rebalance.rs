@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -22,6 +22,7 @@ use crate::forwarder::DeliveryContext;
 use crate::health::LoopHealth;
 use crate::ledger::{Assignment, Ledger};
 use crate::metrics::Metrics;
+use crate::transaction::{Transaction, TransactionError};
 use crate::watcher::Committer;
 
 /// A rebalance, as the loop handles it after `poll`.
@@ -52,6 +53,13 @@ pub struct GroupContext {
     pub(super) events: Mutex<Vec<RebalanceEvent>>,
     /// Set when `events` is non-empty: checked after every polled record.
     pub(super) events_pending: AtomicBool,
+    /// Exactly-once mode: the open transaction (committed on revoke).
+    pub(super) transaction: Mutex<Option<Transaction>>,
+    /// Set when a revoke aborted the transaction: the loop reads its
+    /// partitions again.
+    pub(super) rewind: AtomicBool,
+    /// A transactional failure the process cannot go on after.
+    pub(super) fatal: Mutex<Option<String>>,
 }
 
 impl GroupContext {
@@ -88,6 +96,63 @@ impl GroupContext {
             .unwrap_or_else(PoisonError::into_inner)
             .push(event);
         self.events_pending.store(true, Ordering::Relaxed);
+    }
+
+    /// The open transaction (exactly-once mode).
+    pub(super) fn lock_transaction(&self) -> MutexGuard<'_, Option<Transaction>> {
+        self.transaction
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a fatal transactional error for the loop.
+    pub(super) fn set_fatal(&self, error: String) {
+        tracing::error!(topic = self.topic, %error, "transactional producer failed");
+        *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+
+    /// The fatal transactional error, if any.
+    pub(super) fn take_fatal(&self) -> Option<String> {
+        self.fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// True (once) after a revoke aborted the transaction.
+    pub(super) fn take_rewind(&self) -> bool {
+        self.rewind.swap(false, Ordering::Relaxed)
+    }
+
+    /// Exactly-once revoke: commits the open transaction with the offsets
+    /// of every partition (the revoked ones included) before they go; with
+    /// the partitions lost, aborts it (the group would refuse its offsets).
+    /// Returns false in at-least-once mode.
+    fn end_transaction(&self, consumer: &BaseConsumer<Self>, lost: bool) -> bool {
+        let mut slot = self.lock_transaction();
+        let Some(txn) = slot.as_mut() else {
+            return false;
+        };
+        let started = std::time::Instant::now();
+        let result = if lost {
+            Err(txn.abort_now("consumer group membership lost"))
+        } else {
+            txn.commit(consumer.group_metadata(), || self.ledger.book().unstored())
+        };
+        drop(slot);
+        tracing::info!(
+            topic = self.topic,
+            lost,
+            took_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "transaction ended on revoke"
+        );
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Aborted(_)) => self.rewind.store(true, Ordering::Relaxed),
+            Err(TransactionError::Fatal(error)) => self.set_fatal(error),
+        }
+        true
     }
 
     /// Takes the queued events.
@@ -136,6 +201,7 @@ impl ConsumerContext for GroupContext {
             }
             Rebalance::Revoke(tpl) => {
                 let lost = consumer.assignment_lost();
+                let transactional = self.end_transaction(consumer, lost);
                 if lost {
                     self.loop_health()
                         .lost_since_ms
@@ -144,6 +210,8 @@ impl ConsumerContext for GroupContext {
                         topic = self.topic,
                         "consumer group membership lost; rejoining"
                     );
+                } else if transactional {
+                    // Committed (or aborted) with the transaction.
                 } else if let Err(error) = self.producer.flush(self.revoke_wait) {
                     tracing::warn!(%error, "in-flight records not acknowledged before revoke; they will be redelivered");
                 }
@@ -158,8 +226,12 @@ impl ConsumerContext for GroupContext {
                 }
                 drop(book);
                 // No committer: the loop is closing and committed already.
-                if let (false, false, Some(committer)) =
-                    (lost, positions.is_empty(), self.committer())
+                if let (false, false, false, Some(committer)) = (
+                    transactional,
+                    lost,
+                    positions.is_empty(),
+                    self.committer(),
+                )
                 {
                     if !committer.commit_and_wait(positions, self.revoke_wait) {
                         tracing::warn!(topic = self.topic, "commit on revoke not confirmed; the next owner may redeliver some records");

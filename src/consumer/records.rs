@@ -56,9 +56,12 @@ impl ConsumerLoop {
             );
             return;
         };
+        let id = part.id;
         match self.role {
             Role::Ingress => {
-                let id = part.id;
+                if self.must_wait(p, || msg.detach()) {
+                    return;
+                }
                 let Some(ticket) = self.ledger.book_unacked().take(id, msg.offset()) else {
                     return;
                 };
@@ -75,6 +78,9 @@ impl ConsumerLoop {
                     self.partitions.defer(p, msg.detach());
                     return;
                 }
+                if self.must_wait(p, || msg.detach()) {
+                    return;
+                }
                 if let Some((release, due)) = self.tier_record(msg, tier, now) {
                     self.partitions.hold(p, msg.detach(), release, due, now);
                 }
@@ -84,7 +90,15 @@ impl ConsumerLoop {
 
     /// An ingress record: dead letter, target, timer or tier; parked while
     /// its target's existence is being looked up.
-    fn ingest<M: Record + Message + ToOwnedMessage>(&mut self, msg: &M, ticket: Ticket, now: i64) {
+    pub(super) fn ingest<M: Record + Message + ToOwnedMessage>(
+        &mut self,
+        msg: &M,
+        ticket: Ticket,
+        now: i64,
+    ) {
+        if self.write_poisoned(msg, ticket, Source::Ingress, now) {
+            return;
+        }
         let view = msg.header_view();
         let policy = self.policy.clone();
         let parsed = envelope::parse_ingress_trusting(
@@ -111,6 +125,7 @@ impl ConsumerLoop {
                 }
                 Known::Pending => {
                     let target = env.target.to_owned();
+                    self.opened(msg.partition());
                     return self.parked.push_back(Parked {
                         ticket,
                         target,
@@ -123,7 +138,7 @@ impl ConsumerLoop {
         self.shared.metrics.ingested(outcome);
     }
 
-    fn reject<M: Record>(&mut self, msg: &M, error: &EnvelopeError, ticket: Ticket, from: Source) {
+    pub(super) fn reject<M: Record>(&mut self, msg: &M, error: &EnvelopeError, ticket: Ticket, from: Source) {
         if from == Source::Ingress {
             self.shared.metrics.ingested(Outcome::DeadLettered);
         }
@@ -134,7 +149,7 @@ impl ConsumerLoop {
     /// A tier record, read fresh or taken from the held queue. Returns its
     /// (release, due) time when it must be held; otherwise it is routed (or
     /// dead-lettered when its headers are not the service's).
-    fn tier_record<M: Record + Message + ToOwnedMessage>(
+    pub(super) fn tier_record<M: Record + Message + ToOwnedMessage>(
         &mut self,
         msg: &M,
         tier: usize,
@@ -177,6 +192,9 @@ impl ConsumerLoop {
         };
         let id = self.partitions.get(p)?.id;
         let ticket = self.ledger.book_unacked().take(id, msg.offset())?;
+        if self.write_poisoned(msg, ticket, Source::Tier(tier), now) {
+            return None;
+        }
         match env {
             Ok(env) => {
                 self.route(msg, &env, ticket, Source::Tier(tier), now);
@@ -207,6 +225,7 @@ impl ConsumerLoop {
                 Outcome::Delivered
             }
             Route::Timer => {
+                self.opened(msg.partition());
                 let bytes = record_bytes(msg);
                 self.timer_bytes += bytes;
                 self.timer.schedule(
@@ -248,10 +267,11 @@ impl ConsumerLoop {
             if self.is_cancelled(&env) {
                 self.shared.metrics.cancelled();
                 self.ledger.acknowledge(s.ticket);
-                continue;
+            } else {
+                self.forwarder
+                    .to_target(&s.record, &env, s.from, s.ticket, now);
             }
-            self.forwarder
-                .to_target(&s.record, &env, s.from, s.ticket, now);
+            self.closed(s.record.partition());
         }
     }
 
@@ -285,6 +305,9 @@ impl ConsumerLoop {
         for p in self.partitions.due(now) {
             self.partitions.wake(p);
             while let Some(head) = self.partitions.pop_held(p) {
+                if self.must_wait(p, || head.clone()) {
+                    continue;
+                }
                 if let Some((release, due)) = self.tier_record(&head, tier, now) {
                     self.partitions.hold(p, head, release, due, now);
                     break;
@@ -297,6 +320,16 @@ impl ConsumerLoop {
     /// Failed produces: retries, dead letters, blocked partitions; and
     /// records waiting for room in librdkafka's queue.
     pub(super) fn handle_failures(&mut self, now: i64) {
+        if self.order.is_some() {
+            // Exactly-once: a failed write fails its transaction.
+            if self.forwarder.has_failures() {
+                self.abort_transaction("a write failed");
+            }
+            if self.forwarder.queue_full() {
+                self.forwarder.drain_overflow();
+            }
+            return;
+        }
         let failed = self.forwarder.take_failures();
         if !failed.is_empty() {
             for f in &failed {
@@ -337,6 +370,7 @@ impl ConsumerLoop {
             // Parsed again (it parsed before): routing depends on `now`.
             self.trusted.0.clear();
             self.ingest_known(&item.record, item.ticket, known, now);
+            self.closed(item.record.partition());
         }
     }
 
@@ -359,9 +393,6 @@ impl ConsumerLoop {
     /// Applies the rebalance events queued during `poll`.
     pub(super) fn handle_rebalances(&mut self) {
         let events = self.consumer.context().take_events();
-        if events.is_empty() {
-            return;
-        }
         let now = crate::clock::now_ms();
         for event in events {
             match event {
@@ -376,6 +407,11 @@ impl ConsumerLoop {
                 }
                 RebalanceEvent::Revoked(list) => {
                     self.partitions.revoke(&list);
+                    if let Some(order) = self.order.as_mut() {
+                        for &p in &list {
+                            order.forget(p);
+                        }
+                    }
                     let book = self.ledger.book_unacked();
                     let live = |a| book.is_live(a);
                     let mut freed = 0;
@@ -397,6 +433,9 @@ impl ConsumerLoop {
                     );
                 }
             }
+        }
+        if self.consumer.context().take_rewind() {
+            self.rewind("the transaction of a rebalance was aborted");
         }
     }
 }

@@ -350,7 +350,9 @@ fn dead_letter_failed_delivery(
 
 /// Dead-letters a cut-down copy, stamped `now_ms`, of a dead letter the
 /// broker refused as too large or as an invalid record.
-fn truncated_dead_letter(
+/// Writes a cut-down copy of dead letter `record`, which was too large
+/// for the dead-letter topic (see the module documentation).
+pub(crate) fn truncated_dead_letter(
     forwarder: &mut Forwarder,
     record: &OwnedRecord,
     inflight: Inflight,

@@ -353,6 +353,12 @@ impl Instance {
         }
     }
 
+    /// SIGTERM, wait for a clean exit, start again with the same configuration.
+    pub fn terminate_and_restart(&mut self) {
+        self.terminate();
+        self.spawn();
+    }
+
     /// SIGTERM and wait (up to 30 s) for a clean exit.
     pub fn terminate(&mut self) {
         let Some(mut child) = self.child.take() else {

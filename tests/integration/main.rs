@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cancel;
+mod exactly_once;
 mod faults;
 mod helpers;
 mod never_stuck;

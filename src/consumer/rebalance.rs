@@ -140,7 +140,7 @@ impl GroupContext {
             txn.commit(consumer.group_metadata(), || self.ledger.book().unstored())
         };
         drop(slot);
-        tracing::info!(
+        tracing::debug!(
             topic = self.topic,
             lost,
             took_ms = started.elapsed().as_millis() as u64,
@@ -226,12 +226,8 @@ impl ConsumerContext for GroupContext {
                 }
                 drop(book);
                 // No committer: the loop is closing and committed already.
-                if let (false, false, false, Some(committer)) = (
-                    transactional,
-                    lost,
-                    positions.is_empty(),
-                    self.committer(),
-                )
+                if let (false, false, false, Some(committer)) =
+                    (transactional, lost, positions.is_empty(), self.committer())
                 {
                     if !committer.commit_and_wait(positions, self.revoke_wait) {
                         tracing::warn!(topic = self.topic, "commit on revoke not confirmed; the next owner may redeliver some records");

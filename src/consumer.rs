@@ -63,6 +63,8 @@ pub enum EngineError {
     Kafka(#[from] KafkaError),
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error("delivery.mode = \"exactly_once\" needs a broker with Kafka transactions; the {topic} producer could not register: {error}. Fix: use a broker that supports transactions, or set delivery.mode = \"at_least_once\"")]
+    Transactions { topic: String, error: String },
     #[error("the {topic} producer failed fatally ({error}); exiting so that the orchestrator restarts the instance (nothing unacknowledged was committed)")]
     FatalProducer { topic: String, error: String },
 }
@@ -185,11 +187,13 @@ impl ConsumerLoop {
             &tier_topics,
         )?;
         let transaction = if exactly_once {
-            Some(crate::transaction::Transaction::start(
-                &forwarder,
-                settings,
-                shared.metrics.clone(),
-            )?)
+            let txn =
+                crate::transaction::Transaction::start(&forwarder, settings, shared.metrics.clone())
+                    .map_err(|e| EngineError::Transactions {
+                        topic: topic.clone(),
+                        error: kafka::describe(&e),
+                    })?;
+            Some(txn)
         } else {
             None
         };

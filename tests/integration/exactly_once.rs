@@ -250,3 +250,39 @@ fn exactly_once_through_sigkills_loses_nothing_and_duplicates_nothing_where_the_
         );
     }
 }
+
+#[test]
+fn exactly_once_on_a_broker_without_transactions_stops_start_up_naming_the_key() {
+    // The default test broker (nisshi) refuses transactions.
+    let (mut settings, _) = setup("eos-refused", &[]);
+    settings.delivery.mode = DeliveryMode::ExactlyOnce;
+    let labels = kafka_delay::service::tier_labels(&settings).unwrap();
+    let metrics = std::sync::Arc::new(kafka_delay::metrics::Metrics::new(&labels));
+    let health = std::sync::Arc::new(kafka_delay::health::Health::new(
+        &kafka_delay::service::loop_names(&settings).unwrap(),
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let run = std::thread::spawn(move || {
+        kafka_delay::service::run_with(&settings, flag, false, metrics, health)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !run.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    match run.join().unwrap() {
+        Err(error) => {
+            let text = error.to_string();
+            println!("{text}");
+            assert!(
+                text.contains("delivery.mode") && text.contains("Fix:"),
+                "{text}"
+            );
+        }
+        Ok(()) if std::env::var("KAFKA_BROKERS").is_ok() => {
+            println!("KAFKA_BROKERS supports transactions: nothing to refuse");
+        }
+        Ok(()) => panic!("nisshi refuses transactions, yet exactly-once mode started"),
+    }
+}

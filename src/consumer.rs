@@ -187,12 +187,15 @@ impl ConsumerLoop {
             &tier_topics,
         )?;
         let transaction = if exactly_once {
-            let txn =
-                crate::transaction::Transaction::start(&forwarder, settings, shared.metrics.clone())
-                    .map_err(|e| EngineError::Transactions {
-                        topic: topic.clone(),
-                        error: kafka::describe(&e),
-                    })?;
+            let txn = crate::transaction::Transaction::start(
+                &forwarder,
+                settings,
+                shared.metrics.clone(),
+            )
+            .map_err(|e| EngineError::Transactions {
+                topic: topic.clone(),
+                error: kafka::describe(&e),
+            })?;
             Some(txn)
         } else {
             None

@@ -66,7 +66,14 @@ pub struct Transaction {
     sent_at_begin: u64,
     /// Set by [`Transaction::finish`]: commit without beginning another.
     last: bool,
+    /// A write of this transaction must be readable soon (see
+    /// [`Transaction::urge`]): commit at the loop's next turn.
+    urgent: bool,
 }
+
+/// Time allowed for a commit to become readable, ms (for
+/// [`Transaction::urgent_within_ms`]).
+const URGENT_COMMIT_MS: i64 = 200;
 
 /// Longest a single transactional call may block the loop.
 const CALL_TIMEOUT_MAX: Duration = Duration::from_secs(30);
@@ -100,12 +107,28 @@ impl Transaction {
             interval: *d.transaction_interval,
             opened: Instant::now(),
             last: false,
+            urgent: false,
         })
+    }
+
+    /// Marks the transaction urgent: it holds a tier write whose bucket is
+    /// released before the transaction would commit on its own (the write
+    /// is readable only after the commit; later, the owner would find it
+    /// as a late append, up to a watch interval late).
+    pub fn urge(&mut self) {
+        self.urgent = true;
+    }
+
+    /// How soon a tier write's bucket may be released before its
+    /// transaction must commit at once: the interval plus time to commit.
+    pub fn urgent_within_ms(&self) -> i64 {
+        self.interval.as_millis() as i64 + URGENT_COMMIT_MS
     }
 
     /// True when the transaction should commit.
     pub fn due(&self) -> bool {
-        self.sent.load(Ordering::Relaxed) - self.sent_at_begin >= self.max_records
+        self.urgent
+            || self.sent.load(Ordering::Relaxed) - self.sent_at_begin >= self.max_records
             || self.opened.elapsed() >= self.interval
     }
 
@@ -135,6 +158,7 @@ impl Transaction {
         let moved = offsets();
         if sent == self.sent_at_begin && moved.is_empty() {
             self.opened = Instant::now();
+            self.urgent = false;
             if self.last {
                 // Nothing was sent: end the (local) transaction quietly.
                 let _ = self.producer.abort_transaction(self.timeout);
@@ -219,6 +243,7 @@ impl Transaction {
             .map_err(|e| TransactionError::Fatal(format!("cannot begin: {e}")))?;
         self.opened = Instant::now();
         self.sent_at_begin = sent;
+        self.urgent = false;
         Ok(())
     }
 }

@@ -180,6 +180,16 @@ impl ConsumerLoop {
         }
     }
 
+    /// A tier write for a bucket released at `release_ms`: its transaction
+    /// commits at once when the release comes before it would otherwise.
+    pub(super) fn urge_if_released_soon(&mut self, release_ms: i64, now: i64) {
+        if let Some(txn) = self.consumer.context().lock_transaction().as_mut() {
+            if release_ms - now <= txn.urgent_within_ms() {
+                txn.urge();
+            }
+        }
+    }
+
     /// A record of `p` went into the timer or was parked.
     pub(super) fn opened(&mut self, p: i32) {
         if let Some(order) = self.order.as_mut() {

@@ -188,6 +188,7 @@ impl ConsumerLoop {
                         partition = p,
                         offset = msg.offset(),
                         release,
+                        written = msg.timestamp_ms(),
                         "late append"
                     );
                     self.shared.metrics.late_append(tier);
@@ -254,6 +255,9 @@ impl ConsumerLoop {
                 let partition = self.table.partition(tier, slot, lane);
                 self.forwarder
                     .to_tier(msg, env, (tier, bucket, partition), ticket, now);
+                if self.order.is_some() {
+                    self.urge_if_released_soon(self.table.release_time(tier, bucket), now);
+                }
                 Outcome::Tier
             }
         }

@@ -41,9 +41,12 @@ demo-broker:
 demo: deps demo-broker
 	KAFKA_DELAY_BROKER_BIN=$(DEMO_BROKER) cargo run --quiet -p kafka-delay-tools -- demo
 
-## All tests: unit and property tests, then integration tests on a real broker.
+## All tests: unit and property tests, then integration tests on a real broker;
+## the exactly-once tests (three instances each, on the transactional Tansu
+## build) run after them, one at a time.
 test: deps broker quick-broker
-	RUST_BACKTRACE=0 cargo test --workspace --all-targets
+	RUST_BACKTRACE=0 cargo test --workspace --all-targets -- --skip exactly_once
+	RUST_BACKTRACE=0 cargo test -p kafka-delay --test integration exactly_once -- --test-threads 1
 
 ## Header fuzzing for longer than `make test` does (cases through librdkafka's
 ## own header objects and both parsers; see src/envelope/tests.rs).

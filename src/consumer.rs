@@ -18,7 +18,10 @@
 //! is header parsing and one produce call — no future, no task.
 //!
 //! Submodules: [`records`] (what happens to each record), `rebalance`
-//! (the group's callbacks), `flow` (backpressure).
+//! (the group's callbacks), `flow` (backpressure); in exactly-once mode
+//! `order` (each partition's records written in offset order) and
+//! `exactly_once` (commit, abort and read again; see
+//! [`crate::transaction`]).
 
 mod exactly_once;
 mod flow;

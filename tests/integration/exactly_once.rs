@@ -220,6 +220,12 @@ fn chaos(test: &str, rounds: usize, fault: fn(&mut Instance)) -> (usize, usize, 
     }
     let arrivals = reader.wait(n, Duration::from_secs(90), Duration::from_secs(5));
     print_duplicates(&arrivals);
+    let counts = count_values(&arrivals);
+    if counts.len() < n {
+        // Where the missing records are: still in a tier, or gone.
+        let scan = kafka_delay::pending::scan(&settings, None, |_, _| {}).unwrap();
+        println!("{}", kafka_delay::pending::render(&scan, None));
+    }
     let (worst, duplicates) = assert_all_arrived_never_early(&arrivals, n);
     println!(
         "{test}: sent {n}, delivered {} distinct, lost 0, early 0, duplicates {duplicates}, \
@@ -285,4 +291,54 @@ fn exactly_once_on_a_broker_without_transactions_stops_start_up_naming_the_key()
         }
         Ok(()) => panic!("nisshi refuses transactions, yet exactly-once mode started"),
     }
+}
+
+#[test]
+fn exactly_once_dead_letters_a_record_that_cannot_be_written_and_moves_on() {
+    let (settings, targets) = setup_exactly_once("eos-poison", &["target"]);
+    let target = &targets[0];
+    // The service's producer refuses records above 100 000 bytes, so the
+    // delivery, then its dead letter, fail: each aborts its transaction,
+    // and the record is read again and dead-lettered, cut down at last.
+    let mut limited = settings.clone();
+    limited
+        .kafka
+        .producer_properties
+        .insert("message.max.bytes".into(), "100000".into());
+    let service = Service::start(&limited);
+    let producer = producer(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let big = "x".repeat(150_000);
+    let headers = [("x-target-topic", target.as_str())];
+    publish(&producer, &settings, Some("k"), &big, &headers);
+    std::thread::sleep(Duration::from_secs(2));
+    let n = 20;
+    publish_numbered(&producer, &settings, target, n, |i| i * 50);
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(2));
+    let (_, duplicates) = assert_all_arrived_never_early(&arrivals, n);
+    assert_eq!(duplicates, 0);
+    let dead = read(
+        &settings,
+        &[&settings.topics.dead_letter],
+        1,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    );
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let letter = &dead[0];
+    let error = letter.header(kafka_delay::envelope::ERROR).unwrap();
+    assert!(error.contains("too large"), "{error}");
+    assert!(
+        letter.header(kafka_delay::envelope::TRUNCATED).is_some(),
+        "the dead letter was cut down to fit"
+    );
+    let aborted = service.metrics.transactions_aborted_total();
+    println!(
+        "poisoned record: {aborted} transactions aborted, then dead-lettered ({} bytes kept); {n} records behind it delivered once",
+        letter.msg.payload().map_or(0, <[u8]>::len)
+    );
+    assert!(
+        aborted >= 2,
+        "the delivery and the dead letter each abort once: {aborted}"
+    );
 }

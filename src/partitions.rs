@@ -134,8 +134,13 @@ impl Partition {
         !matches!(self.phase, Phase::Fetching) || self.throttled || self.blocked
     }
 
+    /// When the loop must next look at the partition (epoch ms). A fetching
+    /// partition with held records is due at once: they were queued while
+    /// it slept or held (exactly-once mode hands waiting records back to a
+    /// sleeping partition) and nothing else would hand them back.
     fn deadline(&self) -> Option<i64> {
         match self.phase {
+            Phase::Fetching if !self.held.is_empty() => Some(0),
             Phase::Fetching => None,
             Phase::Holding { release_ms } => Some(release_ms),
             Phase::Sleeping { until_ms } => Some(until_ms),
@@ -321,7 +326,22 @@ impl PartitionTable {
         }
     }
 
-    /// Partitions whose hold or sleep ended by `now_ms`.
+    /// A record of `p` was read, or handed back, while it slept: it is not
+    /// empty after all (read between the decision to sleep and the pause
+    /// taking effect, or queued in exactly-once mode's write order before
+    /// it slept). Wakes it and resumes fetching.
+    pub fn wake_sleeper(&mut self, p: i32, now_ms: i64) {
+        if self
+            .get(p)
+            .is_some_and(|part| matches!(part.phase, Phase::Sleeping { .. }))
+        {
+            self.wake(p);
+            self.sync(p, now_ms);
+        }
+    }
+
+    /// Partitions whose hold or sleep ended by `now_ms`, and fetching
+    /// partitions with held records.
     pub fn due(&self, now_ms: i64) -> Vec<i32> {
         self.iter()
             .filter(|(_, part)| part.deadline().is_some_and(|d| d <= now_ms))

@@ -231,6 +231,7 @@ impl ConsumerLoop {
                 self.ingest(&msg, ticket, now);
             }
             Role::Tier(tier) => {
+                self.partitions.wake_sleeper(p, now);
                 if self.partitions.get(p).is_some_and(|part| part.is_holding()) {
                     self.partitions.defer(p, msg);
                     return;

@@ -15,7 +15,6 @@ use crate::forwarder::Record;
 use crate::ledger::Ticket;
 use crate::metrics::{Outcome, Source};
 use crate::native::RecordHeaders;
-use crate::partitions::Phase;
 use crate::targets::Known;
 use crate::wheel::{key_lane, Route};
 
@@ -68,12 +67,7 @@ impl ConsumerLoop {
                 self.ingest(msg, ticket, now);
             }
             Role::Tier(tier) => {
-                if matches!(part.phase, Phase::Sleeping { .. }) {
-                    // Read between the decision to sleep and the pause
-                    // taking effect: the partition is not empty after all.
-                    self.partitions.wake(p);
-                    self.partitions.settle(p, now);
-                }
+                self.partitions.wake_sleeper(p, now);
                 if self.partitions.get(p).is_some_and(|part| part.is_holding()) {
                     self.partitions.defer(p, msg.detach());
                     return;

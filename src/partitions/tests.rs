@@ -234,3 +234,33 @@ fn revoked_partitions_are_forgotten_and_reassignment_starts_fresh() {
     assert!(part.held.is_empty() && !part.paused);
     assert_eq!(t.len(), 3);
 }
+
+#[test]
+fn records_queued_behind_a_sleep_are_handled_once_the_watcher_wakes_the_partition() {
+    // Exactly-once mode hands a sleeping partition records that waited in
+    // its write order (read before it slept): they queue in `held`. When
+    // the watcher then wakes it for an appended record, it fetches with
+    // records still held; those must be handed back at once, or every
+    // later record queues behind them for good.
+    let (mut t, _f) = table(0);
+    t.note_record(0, 9, 100);
+    t.note_eof(0, None, 100);
+    t.sleep_drained(2_000, 1_000, |_| (60_000, 0));
+    t.defer(0, record(8));
+    let report = WatchReport {
+        issued_at_ms: 3_000,
+        ends: vec![(0, 11)],
+        committed: vec![],
+    };
+    assert_eq!(t.apply_watch(&report, 3_000, 5_000).woken, vec![0]);
+    assert_eq!(t.get(0).unwrap().phase, Phase::Fetching);
+    assert_eq!(
+        t.due(3_001),
+        vec![0],
+        "held records of a fetching partition"
+    );
+    assert!(t.next_deadline().is_some_and(|d| d <= 3_001));
+    t.wake(0);
+    assert_eq!(t.pop_held(0).map(|m| rdkafka::Message::offset(&m)), Some(8));
+    assert_eq!(t.due(3_002), Vec::<i32>::new());
+}

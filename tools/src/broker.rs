@@ -159,6 +159,16 @@ impl LocalBroker {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // KAFKA_DELAY_BROKER_LOG=path keeps the broker's own log (for
+        // telling a broker fault from ours).
+        if let Ok(path) = std::env::var("KAFKA_DELAY_BROKER_LOG") {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(format!("{path}.{kind}"))
+                .map_err(|e| BrokerError::Spawn(path.clone(), e))?;
+            cmd.stderr(file);
+        }
         if kind == "nisshi" {
             cmd.args(["--group-initial-rebalance-delay", "0s"]);
         }

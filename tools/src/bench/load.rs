@@ -39,8 +39,6 @@ pub struct Shape {
 /// When a published record is due.
 #[derive(Debug, Clone, Copy)]
 pub enum Due {
-    /// No routing headers (a plain record, for the raw copy).
-    Plain,
     /// `x-delay`, ms.
     Delay(i64),
     /// `x-deliver-at`, epoch ms.
@@ -81,16 +79,13 @@ pub fn publish(
         let key = format!("key-{}", i % keys.max(1));
         let mut headers = OwnedHeaders::new_with_capacity(2);
         let (name, when) = match due(i) {
-            Due::Plain => ("", String::new()),
             Due::Delay(ms) => (envelope::DELAY, ms.to_string()),
             Due::At(ms) => (envelope::DELIVER_AT, ms.to_string()),
         };
-        if !name.is_empty() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(&when),
-            });
-        }
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(&when),
+        });
         if let Some(target) = target {
             headers = headers.insert(Header {
                 key: envelope::TARGET_TOPIC,

@@ -1,9 +1,14 @@
-//! The baseline: a plain rdkafka consume→produce copy, the fastest shape
+//! The baseline: a plain consume→produce copy, the fastest honest shape
 //! measured here (BaseConsumer + ThreadedProducer with a delivery callback
 //! counting acknowledgements; DESIGN §6), with the service's own client
 //! settings (`kafka::consumer_config`, `kafka::producer_config`: the same
-//! fetch waits, linger, idempotence and acks). It runs as a child process,
-//! like the service, so that both are measured alike.
+//! fetch waits, linger, idempotence and acks) and the service's own produce
+//! path (`kafka_delay::native`: headers read as bytes and copied with
+//! `rd_kafka_header_add`, produced with a topic handle looked up once).
+//! rdkafka's safe API (`BaseRecord` + `OwnedHeaders`, a topic look-up per
+//! send) costs the copy more CPU per record than the service spends
+//! (measured in BENCHMARKS.md), so it would flatter the service. It runs as
+//! a child process, like the service, so that both are measured alike.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use kafka_delay::config::Settings;
 use kafka_delay::kafka;
+use kafka_delay::native::{self, OutHeaders, Outgoing, RecordHeaders, TopicHandle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 
@@ -23,9 +28,9 @@ struct Acks(Arc<AtomicU64>);
 impl ClientContext for Acks {}
 
 impl ProducerContext for Acks {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, _: usize) {
         if result.is_ok() {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
@@ -41,10 +46,25 @@ pub fn copy(settings: &Settings, source: &str, dest: &str, n: u64) -> Result<(),
     let acked = Arc::new(AtomicU64::new(0));
     let producer: ThreadedProducer<Acks> =
         kafka::producer_config(settings).create_with_context(Acks(acked.clone()))?;
+    let rk = producer.client().native_ptr();
+    // SAFETY: the producer outlives the handle (dropped at the end of this
+    // function, after it).
+    let topic = unsafe { TopicHandle::new(rk, dest) }.ok_or(KafkaError::MessageProduction(
+        RDKafkaErrorCode::UnknownTopic,
+    ))?;
     // Warm-up, as the service is warm when measured: producer id, metadata.
-    producer
-        .send(BaseRecord::<[u8], [u8]>::to(dest).payload(b"warm-up".as_slice()))
-        .map_err(|(e, _)| e)?;
+    let warm_up = Outgoing {
+        topic: &topic,
+        partition: None,
+        key: None,
+        value: Some(b"warm-up"),
+        timestamp_ms: 0,
+        headers: OutHeaders::with_capacity(0),
+        opaque: 0,
+    };
+    // SAFETY: `rk` is this producer, whose context takes a usize opaque.
+    unsafe { native::produce(rk, warm_up) }
+        .map_err(|(code, _)| KafkaError::MessageProduction(code))?;
     producer.flush(Duration::from_secs(30))?;
     let target = n + 1;
     consumer.subscribe(&[source])?;
@@ -53,20 +73,29 @@ pub fn copy(settings: &Settings, source: &str, dest: &str, n: u64) -> Result<(),
         let Some(Ok(msg)) = consumer.poll(Duration::from_millis(50)) else {
             continue;
         };
-        let headers = msg.headers().map_or_else(OwnedHeaders::new, |h| h.detach());
-        let mut record = BaseRecord::<[u8], [u8]>::to(dest)
-            .partition(msg.partition())
-            .headers(headers);
-        record.key = msg.key();
-        record.payload = msg.payload();
+        let view = msg.header_view();
+        let mut headers = OutHeaders::with_capacity(view.len());
+        for (key, value) in view.iter() {
+            headers.add(key, value);
+        }
         loop {
-            match producer.send(record) {
+            let record = Outgoing {
+                topic: &topic,
+                partition: Some(msg.partition()),
+                key: msg.key(),
+                value: msg.payload(),
+                timestamp_ms: 0,
+                headers,
+                opaque: 0,
+            };
+            // SAFETY: as for the warm-up record.
+            match unsafe { native::produce(rk, record) } {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
+                Err((RDKafkaErrorCode::QueueFull, back)) => {
+                    headers = back;
                     producer.poll(Duration::from_millis(1));
                 }
-                Err((error, _)) => return Err(error),
+                Err((code, _)) => return Err(KafkaError::MessageProduction(code)),
             }
         }
     }

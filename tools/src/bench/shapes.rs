@@ -164,15 +164,15 @@ fn flood(bench: &mut Bench<'_>, instances: usize) -> anyhow::Result<(RunResult, 
             "  round {}: publishing {n} records for each side…",
             round + 1
         );
-        load::publish(&settings, raw_src, 0..n, shape, None, |_| Due::Plain)?;
-        load::publish(
-            &settings,
-            &settings.topics.ingress,
-            0..n,
-            shape,
-            Some(target),
-            |_| Due::Delay(0),
-        )?;
+        // Both sides read the same records: key, value and the two routing
+        // headers (`x-delay: 0`, `x-target-topic`). The raw copy moves them
+        // with their headers, as an honest copy does; the service replaces
+        // them with its own two.
+        for topic in [raw_src.as_str(), settings.topics.ingress.as_str()] {
+            load::publish(&settings, topic, 0..n, shape, Some(target), |_| {
+                Due::Delay(0)
+            })?;
+        }
 
         let reader = Reader::start(&settings, raw_dst, n, Duration::from_secs(60))?;
         let mut copy = [child::spawn_raw_copy(&settings, raw_src, raw_dst, n)?];

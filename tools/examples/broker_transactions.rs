@@ -1,13 +1,15 @@
 //! What a broker's transactions do, measured: how long a transactional
 //! write takes to be acknowledged, how soon a `read_committed` reader sees
-//! a commit, and whether aborted or fenced writes stay hidden.
+//! a commit, whether aborted or fenced writes stay hidden, and whether
+//! consumer offsets sent in an aborted transaction stay uncommitted.
 //!
 //! ```sh
 //! cargo run -p kafka-delay-tools --example broker_transactions -- host:port
 //! ```
 //!
 //! It creates the topic `broker-transactions-probe` (1 partition) and uses
-//! the transactional ids `probe-a` and `probe-b`: run it on a fresh broker.
+//! the transactional ids `probe-a` and `probe-c` and the consumer group
+//! `broker-transactions-probe-offsets`: run it on a fresh broker.
 
 use std::time::{Duration, Instant};
 
@@ -123,6 +125,44 @@ fn main() {
         "aborted record hidden: {}; fenced producer's open transaction hidden: {}",
         !seen.iter().any(|v| v == "aborted"),
         !seen.iter().any(|v| v == "fenced")
+    );
+
+    // Offsets in a transaction: committed with it, dropped with an abort.
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "broker-transactions-probe-offsets")
+        .create()
+        .expect("group consumer");
+    let c = producer(&bootstrap, "probe-c");
+    let offsets_in_transaction = |offset: i64, commit: bool| {
+        c.begin_transaction().expect("begin");
+        write(&c, "with-offsets");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(TOPIC, 0, Offset::Offset(offset))
+            .expect("partition");
+        let metadata = group.group_metadata().expect("group metadata");
+        c.send_offsets_to_transaction(&tpl, &metadata, WAIT)
+            .expect("send offsets");
+        if commit {
+            c.commit_transaction(WAIT).expect("commit");
+        } else {
+            c.abort_transaction(WAIT).expect("abort");
+        }
+        let mut query = TopicPartitionList::new();
+        query.add_partition(TOPIC, 0);
+        let committed = group.committed_offsets(query, WAIT).expect("committed");
+        committed
+            .find_partition(TOPIC, 0)
+            .map(|e| e.offset())
+            .unwrap_or(Offset::Invalid)
+    };
+    let after_commit = offsets_in_transaction(5, true);
+    let after_abort = offsets_in_transaction(9, false);
+    println!(
+        "offsets sent in a transaction: committed with it: {} ({after_commit:?}); \
+         left out by its abort: {} ({after_abort:?})",
+        after_commit == Offset::Offset(5),
+        after_abort == Offset::Offset(5)
     );
     std::mem::forget(a);
 }

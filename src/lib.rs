@@ -50,6 +50,8 @@ pub mod service;
 pub mod shutdown;
 pub mod targets;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod timer;
 pub mod topics;
 pub mod transaction;

@@ -157,17 +157,7 @@ mod tests {
     use super::*;
     use rdkafka::Message;
 
-    fn msg(p: i32, offset: i64) -> OwnedMessage {
-        OwnedMessage::new(
-            None,
-            None,
-            "t".into(),
-            rdkafka::Timestamp::NotAvailable,
-            p,
-            offset,
-            None,
-        )
-    }
+    use crate::test_support::bare_record as msg;
 
     #[test]
     fn records_behind_an_open_one_wait_in_order_until_it_is_written() {

@@ -17,15 +17,7 @@ impl Fixture {
 }
 
 fn record(offset: i64) -> OwnedMessage {
-    OwnedMessage::new(
-        None,
-        None,
-        "t".into(),
-        rdkafka::Timestamp::NotAvailable,
-        0,
-        offset,
-        None,
-    )
+    crate::test_support::bare_record(0, offset)
 }
 
 fn table(now: i64) -> (PartitionTable, Fixture) {

@@ -166,7 +166,9 @@ impl LocalBroker {
                 .create(true)
                 .append(true)
                 .open(format!("{path}.{kind}"))
-                .map_err(|e| BrokerError::Spawn(path.clone(), e))?;
+                .map_err(|e| {
+                    BrokerError::Spawn(format!("{kind} (its log file {path}.{kind})"), e)
+                })?;
             cmd.stderr(file);
         }
         if kind == "nisshi" {

@@ -23,6 +23,8 @@ use crate::wheel::{TierTable, WheelError};
 pub enum ConfigError {
     #[error("cannot read configuration: {0}")]
     Load(#[from] config::ConfigError),
+    #[error("cannot read configuration file {}: {problem}", path.display())]
+    File { path: PathBuf, problem: String },
     #[error("configuration key `{key}`: {problem}. Fix: {fix}")]
     Invalid {
         key: &'static str,
@@ -54,7 +56,9 @@ pub struct Settings {
 
 /// `[kafka]`: how to reach the cluster. Property maps are passed to
 /// librdkafka unchanged (in environment overrides `_` stands for `.`).
-#[derive(Debug, Clone, Deserialize)]
+/// Its `Debug` shows the values of secret-looking properties as
+/// `<redacted>` ([`crate::kafka::is_secret_key`]).
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
     /// `bootstrap.servers`, comma-separated `host:port`.
@@ -67,6 +71,33 @@ pub struct KafkaSettings {
     pub consumer_properties: BTreeMap<String, String>,
     /// librdkafka properties for the producer only.
     pub producer_properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Redacted<'a>(&'a BTreeMap<String, String>);
+        impl std::fmt::Debug for Redacted<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_map()
+                    .entries(self.0.iter().map(|(k, v)| {
+                        let shown = if crate::kafka::is_secret_key(k) {
+                            "<redacted>"
+                        } else {
+                            v.as_str()
+                        };
+                        (k, shown)
+                    }))
+                    .finish()
+            }
+        }
+        f.debug_struct("KafkaSettings")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("properties", &Redacted(&self.properties))
+            .field("consumer_properties", &Redacted(&self.consumer_properties))
+            .field("producer_properties", &Redacted(&self.producer_properties))
+            .finish()
+    }
 }
 
 impl Default for KafkaSettings {
@@ -119,7 +150,9 @@ impl Default for TopicSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WheelSettings {
-    /// Tier ticks, ascending, each more than twice the previous.
+    /// Tier ticks, ascending, each more than twice the previous. In an
+    /// environment override: comma-separated (`100ms,1s,10s`).
+    #[serde(deserialize_with = "durations_or_list")]
     pub ticks: Vec<Serde<Duration>>,
     /// Longest accepted delay; longer ones are dead-lettered.
     pub max_delay: Serde<Duration>,
@@ -268,6 +301,46 @@ pub fn tick_label(tick_ms: i64) -> String {
         .unwrap_or_else(|| format!("{tick_ms}ms"))
 }
 
+/// A list of durations from a TOML array or from one comma-separated
+/// string (an environment override).
+fn durations_or_list<'de, D>(deserializer: D) -> Result<Vec<Serde<Duration>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ticks {
+        List(Vec<Serde<Duration>>),
+        Text(String),
+    }
+    match Ticks::deserialize(deserializer)? {
+        Ticks::List(list) => Ok(list),
+        Ticks::Text(text) => text
+            .split(',')
+            .map(|part| {
+                humantime::parse_duration(part.trim())
+                    .map(Serde::from)
+                    .map_err(|e| serde::de::Error::custom(format!("tick {part:?}: {e}")))
+            })
+            .collect(),
+    }
+}
+
+/// The position and message of a TOML syntax error, without the text of
+/// the line (it may hold a password).
+fn toml_syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("TOML syntax error at line {line}, column {column}: {message}")
+        }
+        None => format!("TOML syntax error: {message}"),
+    }
+}
+
 fn ms(d: &Serde<Duration>) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -277,21 +350,42 @@ impl Settings {
     /// overrides `KAFKA_DELAY__SECTION__KEY` (lists comma-separated), and
     /// validates the result.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, None)
+    }
+
+    /// [`Settings::load`] with the environment given as a map (`None`: the
+    /// process environment).
+    ///
+    /// Environment values stay strings as written (`007` is not `7`,
+    /// `True` is not `true`): a field converts its own string when it is a
+    /// number, a flag or a duration, and free text — topic names, client
+    /// properties, passwords — reaches the service verbatim. A TOML syntax
+    /// error is reported by line and column without quoting the line, which
+    /// may hold a secret.
+    pub fn load_from(
+        path: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = path {
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::File {
+                path: path.to_owned(),
+                problem: error.to_string(),
+            })?;
+            if let Err(error) = text.parse::<toml::Table>() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    problem: toml_syntax_error(&text, &error),
+                });
+            }
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         builder = builder.add_source(
             config::Environment::with_prefix("KAFKA_DELAY")
                 .prefix_separator("__")
                 .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("wheel.ticks")
-                .try_parsing(true),
+                .try_parsing(false)
+                .source(env),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.normalize_properties();

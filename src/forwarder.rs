@@ -184,13 +184,20 @@ fn user_headers<M: RecordHeaders>(msg: &M, extra: usize) -> OutHeaders {
 const MAX_TOPIC_HANDLES: usize = 10_000;
 
 /// Produces records for one consumer loop.
+///
+/// Drop order matters: librdkafka requires every topic handle to be
+/// destroyed before its client (`rd_kafka_topic_destroy` on a destroyed
+/// `rd_kafka_t` writes freed memory), and `producer` may hold the last
+/// reference to the client. [`Forwarder`]'s `Drop` releases the handles
+/// first; `handles` is also declared before `producer`, so the field order
+/// agrees should the `Drop` ever go.
 pub struct Forwarder {
+    handles: Handles,
     producer: ThreadedProducer<DeliveryContext>,
     failures: Arc<Mutex<Vec<Failure>>>,
     metrics: Arc<Metrics>,
     dead_letter: String,
     tiers: Vec<String>,
-    handles: Handles,
     /// Records refused with `QueueFull`, oldest first, with their opaque.
     overflow: VecDeque<(OwnedRecord, usize)>,
     /// Writes issued so far (exactly-once mode sizes transactions by it).
@@ -519,6 +526,16 @@ impl Forwarder {
     /// Records librdkafka holds (queued or in flight to the broker).
     pub fn queued(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+}
+
+impl Drop for Forwarder {
+    /// Topic handles go before the producer (see [`Forwarder`]); records
+    /// still waiting for room in librdkafka's queue are dropped with it
+    /// (their sources were never acknowledged, so they are read again).
+    fn drop(&mut self) {
+        self.overflow.clear();
+        self.handles = Handles::default();
     }
 }
 

@@ -32,6 +32,18 @@ pub enum ServiceError {
     Cancel(#[from] crate::cancel::ReaderError),
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
+    #[error("a consumer loop panicked (see the log above); the other loops were stopped")]
+    Panicked,
+}
+
+/// Sets the stop flag when dropped: at the end of a loop's thread, whether
+/// the loop returned or panicked.
+struct StopOnExit<'a>(&'a AtomicBool);
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl From<EngineError> for ServiceError {
@@ -168,17 +180,9 @@ pub fn run_with(
     let mut threads = Vec::new();
     for (index, role) in roles.into_iter().enumerate() {
         let consumer_loop = ConsumerLoop::new(settings, role, index, shared.clone())?;
-        let flag = stop.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("kd-{}", names[index]))
-                .spawn(move || {
-                    let result = consumer_loop.run(&flag);
-                    // One loop failing stops the others: the process exits.
-                    flag.store(true, Ordering::Relaxed);
-                    result
-                })?,
-        );
+        threads.push(spawn_loop(&names[index], stop.clone(), move |flag| {
+            consumer_loop.run(flag)
+        })?);
     }
     tracing::info!(
         bootstrap = %settings.kafka.bootstrap_servers,
@@ -199,15 +203,74 @@ pub fn run_with(
             _ => {}
         }
     }
+    let result = join_loops(threads);
+    cancel_reader.stop();
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+type LoopThread = std::thread::JoinHandle<Result<(), EngineError>>;
+
+/// Runs one consumer loop on a thread named `kd-<name>`. When it ends — an
+/// error or a panic — it sets `stop`, so that every other loop stops too
+/// and the process exits non-zero rather than run on without it.
+fn spawn_loop(
+    name: &str,
+    stop: Arc<AtomicBool>,
+    run: impl FnOnce(&AtomicBool) -> Result<(), EngineError> + Send + 'static,
+) -> std::io::Result<LoopThread> {
+    std::thread::Builder::new()
+        .name(format!("kd-{name}"))
+        .spawn(move || {
+            let _stop_all = StopOnExit(&stop);
+            run(&stop)
+        })
+}
+
+/// Waits for every loop; the first error, or [`ServiceError::Panicked`].
+fn join_loops(threads: Vec<LoopThread>) -> Result<(), ServiceError> {
     let mut result = Ok(());
     for t in threads {
         match t.join() {
             Ok(Err(error)) if result.is_ok() => result = Err(error.into()),
             Ok(_) => {}
-            Err(_) => tracing::error!("a consumer loop panicked"),
+            Err(_) => {
+                tracing::error!("a consumer loop panicked; the service stops");
+                if result.is_ok() {
+                    result = Err(ServiceError::Panicked);
+                }
+            }
         }
     }
-    cancel_reader.stop();
-    runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_loop_stops_the_others_and_the_service_fails() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let waits = spawn_loop("waits", stop.clone(), |flag| {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        })
+        .unwrap();
+        let panics = spawn_loop("panics", stop.clone(), |_| panic!("injected")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(waits.is_finished() && panics.is_finished()) {
+            assert!(
+                Instant::now() < deadline,
+                "a loop still runs 10 s after another panicked"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(matches!(
+            join_loops(vec![waits, panics]),
+            Err(ServiceError::Panicked)
+        ));
+    }
 }

@@ -221,3 +221,94 @@ fn the_default_instance_id_is_host_and_http_port() {
     assert!(id.starts_with("kafka-delay.ingress."), "{id}");
     assert!(id.ends_with("-9123"), "{id}");
 }
+
+/// Settings from `text` (a TOML file, may be empty) and `env` as the
+/// environment (never the process's own).
+fn load_with_env(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let file = write_toml(text);
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Settings::load_from(Some(&file.0), Some(env))
+}
+
+#[test]
+fn environment_values_stay_strings_as_written() {
+    let s = load_with_env(
+        "",
+        &[
+            ("KAFKA_DELAY__TOPICS__INGRESS", "007"),
+            ("KAFKA_DELAY__TOPICS__DEAD_LETTER", "1e3"),
+            ("KAFKA_DELAY__TOPICS__CANCEL", "True"),
+            ("KAFKA_DELAY__KAFKA__PROPERTIES__SASL_PASSWORD", "007"),
+            ("KAFKA_DELAY__KAFKA__PRODUCER_PROPERTIES__CLIENT_ID", "1.50"),
+            ("KAFKA_DELAY__KAFKA__GROUP_ID", "0123"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.topics.ingress, "007");
+    assert_eq!(s.topics.dead_letter, "1e3");
+    assert_eq!(s.topics.cancel, "True");
+    assert_eq!(s.kafka.group_id, "0123");
+    assert_eq!(
+        s.kafka.properties.get("sasl.password").map(String::as_str),
+        Some("007")
+    );
+    assert_eq!(
+        s.kafka
+            .producer_properties
+            .get("client.id")
+            .map(String::as_str),
+        Some("1.50")
+    );
+}
+
+#[test]
+fn environment_numbers_flags_durations_and_ticks_still_convert() {
+    let s = load_with_env(
+        "",
+        &[
+            ("KAFKA_DELAY__WHEEL__TICKS", "100ms, 1s,10s"),
+            ("KAFKA_DELAY__WHEEL__TOP_SLOTS", "40"),
+            ("KAFKA_DELAY__WHEEL__REPLICATION_FACTOR", "1"),
+            ("KAFKA_DELAY__WHEEL__MIN_INSYNC_REPLICAS", "1"),
+            ("KAFKA_DELAY__HTTP__ENABLED", "false"),
+            ("KAFKA_DELAY__SERVICE__COMMIT_INTERVAL", "250ms"),
+        ],
+    )
+    .unwrap();
+    let ticks: Vec<u128> = s.wheel.ticks.iter().map(|t| t.as_millis()).collect();
+    assert_eq!(ticks, vec![100, 1_000, 10_000]);
+    assert_eq!(s.wheel.top_slots, 40);
+    assert_eq!(s.wheel.replication_factor, 1);
+    assert_eq!(s.wheel.min_insync_replicas, Some(1));
+    assert!(!s.http.enabled);
+    assert_eq!(s.service.commit_interval.as_millis(), 250);
+    let err = load_with_env("", &[("KAFKA_DELAY__WHEEL__TICKS", "1s,soon")]).unwrap_err();
+    assert!(err.to_string().contains("soon"), "{err}");
+}
+
+#[test]
+fn a_toml_syntax_error_names_the_line_but_never_prints_it() {
+    let text = "[kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"hunter2-s3cret\n";
+    for result in [load_with_env(text, &[]), load(text)] {
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(!err.contains("hunter2"), "the password leaked: {err}");
+    }
+}
+
+#[test]
+fn debug_output_of_settings_redacts_secret_properties() {
+    let s = load_with_env(
+        "[kafka.properties]\n\"sasl.password\" = \"hunter2-s3cret\"\n\"ssl.key.password\" = \"k3y-s3cret\"\n\"client.id\" = \"visible-client\"\n",
+        &[("KAFKA_DELAY__KAFKA__CONSUMER_PROPERTIES__SASL_OAUTHBEARER_CLIENT_SECRET", "env-s3cret")],
+    )
+    .unwrap();
+    let shown = format!("{s:?} {s:#?}");
+    for secret in ["hunter2", "k3y-s3cret", "env-s3cret"] {
+        assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+    }
+    assert!(shown.contains("visible-client") && shown.contains("<redacted>"));
+}

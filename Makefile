@@ -7,7 +7,7 @@ NISSHI_VERSION := 0.8.1
 CALFKIT_VERSION := 0.1.2
 TOOLS ?= $(CURDIR)/.tools
 
-.PHONY: demo demo-broker test fuzz broker quick-broker lint bench chart-check deps
+.PHONY: demo demo-broker test fuzz memcheck memcheck-deps broker quick-broker lint bench chart-check deps
 
 ## Build dependencies of the crate (librdkafka is built from source: gcc, make; TLS: libssl-dev),
 ## and Python's venv module for the tools under .tools/ (PEP 668: no system-wide pip).
@@ -16,6 +16,10 @@ deps:
 	  || (apt-get update -qq && apt-get install -y -qq build-essential libssl-dev pkg-config)
 	@python3 -c "import ensurepip, venv" 2>/dev/null \
 	  || (apt-get update -qq && apt-get install -y -qq python3-venv)
+
+## valgrind (Debian) for `make memcheck`.
+memcheck-deps:
+	@command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 
 ## Tansu as `nisshi` (crates.io): the test broker (groups, offsets, lag are correct).
 broker:
@@ -53,6 +57,11 @@ test: deps broker quick-broker
 FUZZ_CASES ?= 200000
 fuzz:
 	KAFKA_DELAY_FUZZ_CASES=$(FUZZ_CASES) cargo test -p kafka-delay --lib fuzz_header -- --nocapture
+
+## The shutdown path under valgrind memcheck: the service delivers records
+## and a dead letter, stops on SIGTERM; any invalid read, write or free fails.
+memcheck: deps memcheck-deps broker
+	RUST_BACKTRACE=0 cargo test -p kafka-delay --test integration memcheck -- --ignored --nocapture
 
 lint:
 	cargo fmt --all -- --check

@@ -245,6 +245,8 @@ pub struct Instance {
     child: Option<Child>,
     settings: Settings,
     clock_offset_ms: i64,
+    /// A program and its arguments that run the service (valgrind).
+    wrapper: Vec<String>,
     pub name: &'static str,
     pub http: String,
 }
@@ -258,6 +260,21 @@ impl Instance {
     /// Starts an instance whose wall clock is `offset_ms` off (negative:
     /// behind).
     pub fn start_skewed(name: &'static str, settings: &Settings, offset_ms: i64) -> Self {
+        Self::start_with(name, settings, offset_ms, &[])
+    }
+
+    /// Starts an instance run by `wrapper` (a program and its arguments,
+    /// e.g. valgrind), which is given the service's command line.
+    pub fn start_wrapped(name: &'static str, settings: &Settings, wrapper: &[&str]) -> Self {
+        Self::start_with(name, settings, 0, wrapper)
+    }
+
+    fn start_with(
+        name: &'static str,
+        settings: &Settings,
+        offset_ms: i64,
+        wrapper: &[&str],
+    ) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
         let mut settings = settings.clone();
         settings.http.enabled = true;
@@ -266,6 +283,7 @@ impl Instance {
             child: None,
             settings,
             clock_offset_ms: offset_ms,
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
             name,
             http,
         };
@@ -282,7 +300,14 @@ impl Instance {
             .env_overrides()
             .into_iter()
             .filter(|(k, _)| !(other && k.ends_with("MAX_CLOCK_SKEW")));
-        let mut cmd = Command::new(binary);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("run")
             .envs(env)
             .env(
@@ -361,19 +386,24 @@ impl Instance {
 
     /// SIGTERM and wait (up to 30 s) for a clean exit.
     pub fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+        if let Some(status) = self.terminate_within(Duration::from_secs(30)) {
+            assert!(status.success(), "{}: exit status {status:?}", self.name);
+        }
+    }
+
+    /// SIGTERM and wait up to `timeout` for the exit; its status (None if
+    /// the instance was not running).
+    pub fn terminate_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
         signal(child.id() as i32, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "{}: exit status {status:?}", self.name);
-                return;
+                return Some(status);
             }
             assert!(
                 Instant::now() < deadline,
-                "{}: no exit after SIGTERM",
+                "{}: no exit within {timeout:?} after SIGTERM",
                 self.name
             );
             std::thread::sleep(Duration::from_millis(50));

@@ -18,28 +18,36 @@
 //! outstanding cancellations only, never with the pending records. An
 //! empty value (a tombstone) withdraws the cancellation of its id.
 //!
-//! Every instance reads the whole topic on a thread of its own (no
-//! consumer group: each needs every cancellation), from the beginning at
-//! start-up — the service forwards nothing before it has caught up, so a
-//! restart or a rebalance never forgets one — then follows it. The loops
-//! look a record up just before they forward it or write it to a tier; a
-//! record without an id costs nothing.
+//! Every instance reads the whole topic on a thread of its own
+//! ([`reader`]; no consumer group: each needs every cancellation), from the
+//! beginning at start-up — the service forwards nothing before it has
+//! caught up, so a restart or a rebalance never forgets one — then follows
+//! it. The loops look a record up just before they forward it or write it
+//! to a tier; a record without an id costs nothing.
+//!
+//! Trust boundary: any principal that may write the cancel topic can cancel
+//! any record with an `x-delay-id`, for any target. The service bounds what
+//! such a writer can cost it: a cancellation's `until` is clamped to the
+//! time it is read plus `wheel.max_delay` (no record published before then
+//! can be due later), its `target` must be a valid topic name, its id at
+//! most [`ID_MAX_BYTES`], and at most `service.max_cancellations` are held —
+//! beyond that, cancellations of new ids are refused and counted
+//! (`kafka_delay_cancellations_refused_total`, an alert), never the old
+//! ones dropped.
+
+mod reader;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::clock::now_ms;
 use crate::config::Settings;
-use crate::metrics::Metrics;
+
+pub use reader::{CancelReader, ReaderError};
 
 /// Longest accepted `x-delay-id`, bytes.
 pub const ID_MAX_BYTES: usize = 256;
@@ -70,6 +78,20 @@ pub enum CancelError {
     BadValue(String),
     #[error("until ({until}) is before before ({before})")]
     Inverted { before: i64, until: i64 },
+    #[error("target {0:?} is not a valid Kafka topic name")]
+    BadTarget(String),
+}
+
+impl Cancel {
+    /// This cancellation with `until` clamped to `now_ms + max_delay_ms`:
+    /// a record published before `now_ms` cannot be due later, so a larger
+    /// `until` (up to `i64::MAX`) would only keep it in memory for ever.
+    /// `until` never drops below `before`.
+    pub fn bounded(mut self, now_ms: i64, max_delay_ms: i64) -> Self {
+        let latest = now_ms.saturating_add(max_delay_ms).max(self.before);
+        self.until = self.until.min(latest);
+        self
+    }
 }
 
 /// Checks an `x-delay-id` value: UTF-8, 1 to [`ID_MAX_BYTES`] bytes.
@@ -98,16 +120,51 @@ pub fn parse_record<'a>(
             until: cancel.until,
         });
     }
+    if let Some(target) = &cancel.target {
+        if !crate::envelope::is_valid_topic_name(target) {
+            let shown: String = target.chars().take(64).collect();
+            return Err(CancelError::BadTarget(shown));
+        }
+    }
     Ok((id, Some(cancel)))
 }
 
-/// The outstanding cancellations of one instance, by id.
-#[derive(Debug, Default)]
+/// What [`Cancellations::apply`] did with a record of the cancel topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A cancellation of an id not yet held.
+    Added,
+    /// The id's earlier cancellation was replaced (the latest wins).
+    Replaced,
+    /// A tombstone withdrew the id's cancellation (or there was none).
+    Withdrawn,
+    /// A cancellation of a new id, refused: the limit is reached.
+    Refused,
+}
+
+/// The outstanding cancellations of one instance, by id, at most `limit`.
+#[derive(Debug)]
 pub struct Cancellations {
     by_id: RwLock<HashMap<Box<str>, Cancel>>,
+    limit: usize,
+}
+
+impl Default for Cancellations {
+    /// No limit (tests); the service uses [`Cancellations::with_limit`].
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 impl Cancellations {
+    /// A registry holding at most `limit` cancellations.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            by_id: RwLock::default(),
+            limit,
+        }
+    }
+
     /// True if a record with `id`, for `target`, published at
     /// `original_timestamp_ms`, is cancelled.
     pub fn cancels(&self, id: &str, target: &str, original_timestamp_ms: i64) -> bool {
@@ -117,13 +174,28 @@ impl Cancellations {
         })
     }
 
-    /// Applies one record of the cancel topic (the latest per id wins).
-    pub fn apply(&self, id: &str, cancel: Option<Cancel>) {
+    /// Applies one record of the cancel topic (the latest per id wins). A
+    /// cancellation of a new id is refused once `limit` are held; one of an
+    /// id already held, and a tombstone, always apply.
+    pub fn apply(&self, id: &str, cancel: Option<Cancel>) -> Applied {
         let mut map = self.by_id.write().unwrap_or_else(PoisonError::into_inner);
         match cancel {
-            Some(c) => map.insert(id.into(), c),
-            None => map.remove(id),
-        };
+            Some(c) => {
+                if let Some(held) = map.get_mut(id) {
+                    *held = c;
+                    Applied::Replaced
+                } else if map.len() >= self.limit {
+                    Applied::Refused
+                } else {
+                    map.insert(id.into(), c);
+                    Applied::Added
+                }
+            }
+            None => {
+                map.remove(id);
+                Applied::Withdrawn
+            }
+        }
     }
 
     /// Forgets cancellations that can no longer affect a record at
@@ -132,6 +204,11 @@ impl Cancellations {
         let mut map = self.by_id.write().unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, c| c.until.saturating_add(EXPIRY_SLACK_MS) >= now_ms);
         map.len()
+    }
+
+    /// The most cancellations held.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Outstanding cancellations.
@@ -176,187 +253,6 @@ pub fn publish(
         )
         .map_err(|(error, _)| error)?;
     producer.flush(Duration::from_secs(30))
-}
-
-/// Errors starting the reader.
-#[derive(Debug, Error)]
-pub enum ReaderError {
-    #[error("cancel topic {topic}: {error}. Fix: run `kafka-delay topics apply` (it creates topics.cancel)")]
-    Topic { topic: String, error: String },
-    #[error("kafka: {}", crate::kafka::describe(.0))]
-    Kafka(#[from] KafkaError),
-    #[error("the cancel topic {topic} was not read to its end within {waited:?}. Fix: check the cluster, or raise service.startup_timeout")]
-    NotLoaded { topic: String, waited: Duration },
-}
-
-/// The thread that reads the cancel topic into [`Cancellations`].
-pub struct CancelReader {
-    stop: Arc<AtomicBool>,
-    loaded: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl CancelReader {
-    /// Assigns every partition of `settings.topics.cancel` from the
-    /// beginning and follows it; [`CancelReader::wait_loaded`] tells when
-    /// the records present at start have been applied.
-    pub fn start(
-        settings: &Settings,
-        cancellations: Arc<Cancellations>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, ReaderError> {
-        let topic = settings.topics.cancel.clone();
-        let group = format!("{}.cancel-reader", settings.kafka.group_id);
-        let consumer: BaseConsumer<ReaderContext> =
-            crate::kafka::consumer_config(settings, &group, true)
-                .create_with_context(ReaderContext)?;
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if partitions.is_empty() {
-            return Err(ReaderError::Topic {
-                topic,
-                error: "does not exist or has no partitions".into(),
-            });
-        }
-        let mut tpl = TopicPartitionList::new();
-        for &p in &partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let loaded = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (stop, loaded) = (stop.clone(), loaded.clone());
-            std::thread::Builder::new()
-                .name("kd-cancel".into())
-                .spawn(move || {
-                    read_loop(
-                        &consumer,
-                        partitions.len(),
-                        &cancellations,
-                        &metrics,
-                        &stop,
-                        &loaded,
-                    )
-                })
-                .map_err(|e| ReaderError::Topic {
-                    topic: topic.clone(),
-                    error: e.to_string(),
-                })?
-        };
-        Ok(Self {
-            stop,
-            loaded,
-            thread: Some(thread),
-        })
-    }
-
-    /// Waits until every partition was read to the end it had at start.
-    pub fn wait_loaded(&self, topic: &str, timeout: Duration) -> Result<(), ReaderError> {
-        let started = Instant::now();
-        while !self.loaded.load(Ordering::Acquire) {
-            if started.elapsed() > timeout {
-                return Err(ReaderError::NotLoaded {
-                    topic: topic.to_owned(),
-                    waited: timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    /// Stops the thread.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The reader's client context: end-of-partition events, which librdkafka
-/// also reports as client errors, are expected (they mark "caught up").
-struct ReaderContext;
-
-impl rdkafka::ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
-        {
-            return;
-        }
-        tracing::warn!(
-            "cancel topic reader: {}: {reason}",
-            crate::kafka::describe(&error)
-        );
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for ReaderContext {}
-
-fn read_loop(
-    consumer: &BaseConsumer<ReaderContext>,
-    partition_count: usize,
-    cancellations: &Cancellations,
-    metrics: &Metrics,
-    stop: &AtomicBool,
-    loaded: &AtomicBool,
-) {
-    let mut at_end = vec![false; partition_count];
-    let mut last_expiry = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => match parse_record(msg.key(), msg.payload()) {
-                Ok((id, cancel)) => {
-                    let issued = msg.timestamp().to_millis().unwrap_or_else(now_ms);
-                    if let Some(c) = &cancel {
-                        if issued > c.until {
-                            metrics.cancellation_too_late();
-                            tracing::info!(
-                                id,
-                                until = c.until,
-                                issued,
-                                "cancellation issued after the latest due time it could affect"
-                            );
-                        }
-                    }
-                    tracing::debug!(
-                        id,
-                        ?cancel,
-                        partition = msg.partition(),
-                        offset = msg.offset(),
-                        "cancellation"
-                    );
-                    cancellations.apply(id, cancel);
-                }
-                Err(error) => {
-                    metrics.cancellation_invalid();
-                    tracing::warn!(%error, partition = msg.partition(), offset = msg.offset(), "cancellation record ignored");
-                }
-            },
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                if let Some(flag) = usize::try_from(p).ok().and_then(|p| at_end.get_mut(p)) {
-                    *flag = true;
-                }
-                if at_end.iter().all(|&e| e) {
-                    loaded.store(true, Ordering::Release);
-                }
-            }
-            Some(Err(error)) => tracing::warn!(%error, "cancel topic"),
-            None => {}
-        }
-        if last_expiry.elapsed() >= Duration::from_secs(1) {
-            last_expiry = Instant::now();
-            metrics.set_cancellations_outstanding(cancellations.expire(now_ms()));
-        }
-    }
 }
 
 #[cfg(test)]
@@ -411,6 +307,57 @@ mod tests {
         assert_eq!(c.expire(5_001 + EXPIRY_SLACK_MS), 1);
         assert!(!c.cancels("old", "t", 10));
         assert!(c.cancels("new", "t", 10));
+    }
+
+    #[test]
+    fn until_is_clamped_to_the_maximum_delay_from_when_it_is_read() {
+        let max_delay = 3_600_000;
+        let forever = cancel(1_000, i64::MAX, None).bounded(2_000, max_delay);
+        assert_eq!(forever.until, 2_000 + max_delay);
+        let near = cancel(1_000, 5_000, None).bounded(2_000, max_delay);
+        assert_eq!(near.until, 5_000, "a near until is kept");
+        let future_before = cancel(i64::MAX - 1, i64::MAX, None).bounded(2_000, max_delay);
+        assert!(future_before.until >= future_before.before);
+        let c = Cancellations::default();
+        c.apply("x", Some(forever));
+        assert_eq!(c.expire(2_000 + max_delay + EXPIRY_SLACK_MS + 1), 0);
+    }
+
+    #[test]
+    fn beyond_the_limit_new_ids_are_refused_and_old_ones_kept() {
+        let c = Cancellations::with_limit(2);
+        assert_eq!(c.apply("a", Some(cancel(10, 20, None))), Applied::Added);
+        assert_eq!(c.apply("b", Some(cancel(10, 20, None))), Applied::Added);
+        assert_eq!(c.apply("c", Some(cancel(10, 20, None))), Applied::Refused);
+        assert!(c.cancels("a", "t", 5) && c.cancels("b", "t", 5));
+        assert!(!c.cancels("c", "t", 5));
+        assert_eq!(c.apply("a", Some(cancel(30, 40, None))), Applied::Replaced);
+        assert!(c.cancels("a", "t", 25), "an held id is still updated");
+        assert_eq!(c.apply("b", None), Applied::Withdrawn);
+        assert_eq!(c.apply("c", Some(cancel(10, 20, None))), Applied::Added);
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn a_target_must_be_a_topic_name() {
+        let huge = format!(
+            r#"{{"before": 1, "until": 2, "target": "{}"}}"#,
+            "t".repeat(1 << 20)
+        );
+        for value in [
+            huge.as_str(),
+            r#"{"before": 1, "until": 2, "target": "a b"}"#,
+            r#"{"before": 1, "until": 2, "target": ""}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_record(Some(b"x"), Some(value.as_bytes())),
+                    Err(CancelError::BadTarget(ref t)) if t.len() <= 64
+                ),
+                "{}",
+                &value[..value.len().min(80)]
+            );
+        }
     }
 
     #[test]

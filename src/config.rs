@@ -222,6 +222,10 @@ pub struct ServiceSettings {
     /// Key, value and header bytes held in the due-soon timers, over the
     /// whole instance.
     pub max_timer_bytes: usize,
+    /// Most outstanding cancellations held in memory (about 110 bytes
+    /// each); beyond it cancellations of new ids are refused and counted
+    /// (`kafka_delay_cancellations_refused_total`), never old ones dropped.
+    pub max_cancellations: usize,
 }
 
 impl Default for ServiceSettings {
@@ -236,6 +240,7 @@ impl Default for ServiceSettings {
             max_in_flight_per_partition: 20_000,
             max_timer_records: 200_000,
             max_timer_bytes: 64 << 20,
+            max_cancellations: 1_000_000,
         }
     }
 }
@@ -576,6 +581,7 @@ impl Settings {
             ),
             ("service.max_timer_records", self.service.max_timer_records),
             ("service.max_timer_bytes", self.service.max_timer_bytes),
+            ("service.max_cancellations", self.service.max_cancellations),
         ] {
             if value == 0 {
                 return Err(invalid(

@@ -37,6 +37,45 @@ pub struct LoopHealth {
 #[derive(Debug, Default)]
 pub struct Health {
     pub loops: Vec<(String, LoopHealth)>,
+    /// The cancel topic's reader ([`crate::cancel::CancelReader`]).
+    pub cancel_reader: CancelReaderHealth,
+}
+
+/// What the cancel topic's reader reports: the instance is not ready
+/// before every cancellation on record is loaded, nor while the topic is
+/// missing or unreadable (a cancellation written then would be missed).
+#[derive(Debug, Default)]
+pub struct CancelReaderHealth {
+    /// Every partition was read to the end it had at start.
+    pub loaded: AtomicBool,
+    /// Why the topic cannot be read now (empty: it can).
+    pub problem: std::sync::Mutex<String>,
+}
+
+impl CancelReaderHealth {
+    /// Records a problem reading the cancel topic (`None`: it reads again).
+    pub fn set_problem(&self, problem: Option<String>) {
+        *self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = problem.unwrap_or_default();
+    }
+
+    /// Ok when loaded and readable; otherwise why not.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.loaded.load(Ordering::Relaxed) {
+            return Err("cancel topic: still loading the cancellations on record".into());
+        }
+        let problem = self
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if problem.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("cancel topic: {problem}"))
+        }
+    }
 }
 
 impl Health {
@@ -47,6 +86,7 @@ impl Health {
                 .iter()
                 .map(|n| (n.clone(), LoopHealth::default()))
                 .collect(),
+            cancel_reader: CancelReaderHealth::default(),
         }
     }
 
@@ -93,6 +133,7 @@ impl Health {
             }
             assigned += h.assigned.load(Ordering::Relaxed);
         }
+        self.cancel_reader.check()?;
         Ok(format!("ready: {assigned} partitions assigned"))
     }
 
@@ -113,6 +154,7 @@ mod tests {
         let h = Health::new(&["ingress".into(), "1s".into()]);
         let now = 1_000_000;
         assert!(h.ready(now).unwrap_err().contains("not yet"));
+        h.cancel_reader.loaded.store(true, Ordering::Relaxed);
         for (_, l) in &h.loops {
             l.reconciled.store(true, Ordering::Relaxed);
             l.broker_ok_ms.store(now - 1_000, Ordering::Relaxed);
@@ -135,6 +177,14 @@ mod tests {
         h.loops[0].1.lost_since_ms.store(0, Ordering::Relaxed);
         h.loops[0].1.blocked.store(2, Ordering::Relaxed);
         assert!(h.ready(now).unwrap_err().contains("dead-letter"));
+        h.loops[0].1.blocked.store(0, Ordering::Relaxed);
+        h.cancel_reader
+            .set_problem(Some("Broker: Unknown topic or partition".into()));
+        assert!(h.ready(now).unwrap_err().contains("cancel topic"));
+        h.cancel_reader.set_problem(None);
+        assert!(h.ready(now).is_ok());
+        h.cancel_reader.loaded.store(false, Ordering::Relaxed);
+        assert!(h.ready(now).unwrap_err().contains("loading"));
     }
 
     #[test]

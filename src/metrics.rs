@@ -84,6 +84,10 @@ pub struct Metrics {
     cancellations: IntGauge,
     cancellations_too_late: IntCounter,
     cancellations_invalid: IntCounter,
+    cancellations_refused: IntCounter,
+    cancellations_limit: IntGauge,
+    cancel_reader_lag: IntGauge,
+    cancel_reader_up: IntGauge,
     transactions_committed: IntCounter,
     transactions_aborted: IntCounter,
     transaction_duration: Histogram,
@@ -331,6 +335,35 @@ impl Metrics {
                 "kafka_delay_cancellations_invalid_total",
                 "Records of the cancel topic ignored: a key that is not an x-delay-id, or a bad value.",
             ),
+            cancellations_refused: counter(
+                &r,
+                "kafka_delay_cancellations_refused_total",
+                "Cancellations of new ids refused because service.max_cancellations are outstanding (the record they name will be delivered).",
+            ),
+            cancellations_limit: register(
+                &r,
+                IntGauge::new(
+                    "kafka_delay_cancellations_limit",
+                    "The configured service.max_cancellations.",
+                )
+                .expect("valid gauge"),
+            ),
+            cancel_reader_lag: register(
+                &r,
+                IntGauge::new(
+                    "kafka_delay_cancel_reader_lag_records",
+                    "Records of the cancel topic not yet read by this instance (end offset minus position, summed over partitions).",
+                )
+                .expect("valid gauge"),
+            ),
+            cancel_reader_up: register(
+                &r,
+                IntGauge::new(
+                    "kafka_delay_cancel_reader_up",
+                    "1 while the cancel topic is loaded and readable; 0 while loading, or when it is missing or unreadable.",
+                )
+                .expect("valid gauge"),
+            ),
             transactions_committed: counter(
                 &r,
                 "kafka_delay_transactions_committed_total",
@@ -522,6 +555,23 @@ impl Metrics {
     /// A record of the cancel topic was ignored.
     pub fn cancellation_invalid(&self) {
         self.cancellations_invalid.inc();
+    }
+
+    /// A cancellation of a new id was refused: the limit is reached.
+    pub fn cancellation_refused(&self) {
+        self.cancellations_refused.inc();
+    }
+
+    /// The configured limit of outstanding cancellations.
+    pub fn set_cancellations_limit(&self, limit: usize) {
+        self.cancellations_limit
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+    }
+
+    /// The cancel reader's lag (records) and whether it is up.
+    pub fn set_cancel_reader(&self, lag_records: i64, up: bool) {
+        self.cancel_reader_lag.set(lag_records);
+        self.cancel_reader_up.set(i64::from(up));
     }
 
     /// Records written into any tier so far (for writes per record).

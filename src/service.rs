@@ -158,9 +158,19 @@ pub fn run_with(
     let roles = roles(table.tiers().len());
     let s = &settings.service;
     // Nothing is forwarded before every cancellation on record is known.
-    let cancellations = Arc::new(Cancellations::default());
-    let cancel_reader = CancelReader::start(settings, cancellations.clone(), metrics.clone())?;
-    cancel_reader.wait_loaded(&settings.topics.cancel, *s.startup_timeout)?;
+    let cancellations = Arc::new(Cancellations::with_limit(s.max_cancellations));
+    let cancel_reader = CancelReader::start(
+        settings,
+        cancellations.clone(),
+        metrics.clone(),
+        health.clone(),
+    )?;
+    if !cancel_reader.wait_loaded(&settings.topics.cancel, *s.startup_timeout, &stop)? {
+        tracing::info!("stopped while loading cancellations");
+        cancel_reader.stop();
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Ok(());
+    }
     metrics.set_cancellations_outstanding(cancellations.len());
     let shared = Shared {
         metrics: metrics.clone(),

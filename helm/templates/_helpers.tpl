@@ -203,6 +203,7 @@ max_in_flight = {{ $s.maxInFlight | int64 }}
 max_in_flight_per_partition = {{ $s.maxInFlightPerPartition | int64 }}
 max_timer_records = {{ $s.maxTimerRecords | int64 }}
 max_timer_bytes = {{ $s.maxTimerBytes | int64 }}
+max_cancellations = {{ $s.maxCancellations | int64 }}
 [delivery]
 mode = {{ .Values.delivery.mode | quote }}
 transaction_max_records = {{ .Values.delivery.transactionMaxRecords | int64 }}

@@ -329,3 +329,130 @@ fn a_hundred_thousand_outstanding_cancellations_cost_little_memory() {
     );
     assert!(per < 1_024.0, "{per:.0} bytes per outstanding cancellation");
 }
+
+/// Seconds of publishing in the cancellation soak (`KD_CANCEL_SOAK_SECS`,
+/// default 30: the shape of the field report, shortened for `make test`).
+fn soak_secs() -> u64 {
+    std::env::var("KD_CANCEL_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30)
+}
+
+/// A busy order system: 2,000 records/s with `x-delay-id`, delays 0–40 s,
+/// 200 keys, 20 targets; once a second the producer cancels a record it
+/// sent ~25 ms earlier whose due time is at least 20 s away, with the
+/// cancel topic's documented record (`before` = now, `until` = due + 1 s).
+/// Every cancelled record must stay undelivered; every other one arrive,
+/// never early.
+#[test]
+fn cancellations_under_sustained_load_are_never_missed() {
+    let _heavy = heavy();
+    let names: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (settings, targets) = setup("cancelsoak", &names);
+    let a = Instance::start("A", &settings);
+    a.wait_ready(Duration::from_secs(30));
+    let topics: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let reader = Reader::start(&settings, &topics);
+    let p = producer(&settings);
+    let rate = 2_000_u64;
+    let secs = soak_secs();
+    let mut rng = fastrand::Rng::with_seed(26);
+    // (id, due) of records sent ~25 ms ago that may be cancelled.
+    let mut recent: std::collections::VecDeque<(usize, i64, i64)> = Default::default();
+    let mut cancelled = std::collections::BTreeSet::new();
+    let mut due_of = Vec::new();
+    let start = std::time::Instant::now();
+    let mut next_cancel = start + Duration::from_millis(500);
+    let mut i = 0_usize;
+    while start.elapsed() < Duration::from_secs(secs) {
+        // 20 records every 10 ms.
+        let owed = (start.elapsed().as_millis() as u64 * rate / 1_000) as usize;
+        while i < owed {
+            let delay = rng.i64(0..40_000);
+            let sent = now_ms();
+            let (delay_text, id) = (delay.to_string(), format!("order-{i}"));
+            publish(
+                &p,
+                &settings,
+                Some(&format!("k{}", i % 200)),
+                &format!("v{i}"),
+                &[
+                    ("x-delay", &delay_text),
+                    ("x-target-topic", &targets[i % targets.len()]),
+                    ("x-delay-id", &id),
+                ],
+            );
+            due_of.push(sent + delay);
+            recent.push_back((i, sent, sent + delay));
+            i += 1;
+        }
+        let now = now_ms();
+        while recent.front().is_some_and(|&(_, sent, _)| now - sent > 40) {
+            recent.pop_front();
+        }
+        if std::time::Instant::now() >= next_cancel {
+            next_cancel += Duration::from_secs(1);
+            let pick = recent
+                .iter()
+                .rev()
+                .find(|&&(_, sent, due)| now - sent >= 20 && due - now >= 20_000);
+            if let Some(&(j, _, due)) = pick {
+                let value = format!(r#"{{"before": {now}, "until": {}}}"#, due + 1_000);
+                p.send(
+                    rdkafka::producer::BaseRecord::<str, str>::to(&settings.topics.cancel)
+                        .key(&format!("order-{j}"))
+                        .payload(&value)
+                        .timestamp(now),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+                cancelled.insert(j);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+    let n = i;
+    let expected = n - cancelled.len();
+    let arrivals = reader.wait(expected, Duration::from_secs(90), Duration::from_secs(5));
+    let counts = count_values(&arrivals);
+    let delivered_cancelled: Vec<usize> = cancelled
+        .iter()
+        .copied()
+        .filter(|j| counts.contains_key(&format!("v{j}")))
+        .collect();
+    let lost: Vec<usize> = (0..n)
+        .filter(|j| !cancelled.contains(j) && !counts.contains_key(&format!("v{j}")))
+        .collect();
+    let mut early = 0;
+    for arrival in &arrivals {
+        let scheduled: i64 = arrival
+            .header("x-delay-scheduled-at")
+            .unwrap()
+            .parse()
+            .unwrap();
+        early += usize::from(arrival.seen_ms < scheduled);
+    }
+    println!(
+        "cancellation soak: {n} records in {secs} s, {} cancelled, {} of them delivered \
+         anyway {:?}, lost {}, early {early}, duplicates {}; cancel reader lag metric {:?}",
+        cancelled.len(),
+        delivered_cancelled.len(),
+        &delivered_cancelled[..delivered_cancelled.len().min(10)],
+        lost.len(),
+        arrivals.len() - counts.len(),
+        a.metric("kafka_delay_cancel_reader_lag_records"),
+    );
+    assert!(cancelled.len() as u64 >= secs / 2, "too few cancellations issued");
+    assert!(
+        delivered_cancelled.is_empty(),
+        "{} of {} cancelled records were delivered: {:?}",
+        delivered_cancelled.len(),
+        cancelled.len(),
+        delivered_cancelled
+    );
+    assert!(lost.is_empty(), "lost {} records: {:?}", lost.len(), &lost[..lost.len().min(20)]);
+    assert_eq!(early, 0, "records delivered early");
+}

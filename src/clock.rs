@@ -21,9 +21,18 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// 9999-12-31T23:59:59.999Z, epoch ms: the last instant RFC 3339 (and
+/// humantime, which panics beyond it) can write.
+const LAST_RFC3339_MS: i64 = 253_402_300_799_999;
+
 /// An epoch-ms instant as RFC 3339 in UTC with milliseconds (before 1970:
-/// the epoch), for messages to people.
+/// the epoch; after year 9999, which RFC 3339 cannot write: the epoch
+/// milliseconds), for messages to people. Never panics: the instant may
+/// come from a forged record.
 pub fn rfc3339_ms(ms: i64) -> String {
+    if ms > LAST_RFC3339_MS {
+        return format!("{ms} ms after the epoch (after year 9999)");
+    }
     let at = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(at).to_string()
 }
@@ -77,6 +86,16 @@ impl OffsetEstimator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_instant_formats_without_panicking() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(LAST_RFC3339_MS), "9999-12-31T23:59:59.999Z");
+        for ms in [LAST_RFC3339_MS + 1, 300_000_000_000_000, i64::MAX] {
+            assert!(rfc3339_ms(ms).contains("after year 9999"), "{ms}");
+        }
+    }
 
     #[test]
     fn the_smallest_recent_difference_wins_and_old_windows_expire() {

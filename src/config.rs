@@ -438,6 +438,10 @@ impl Settings {
                 }
                 .to_owned(),
             ),
+            (
+                "SERVICE__STARTUP_TIMEOUT",
+                format!("{}ms", self.service.startup_timeout.as_millis()),
+            ),
             ("HTTP__ENABLED", self.http.enabled.to_string()),
             ("HTTP__BIND", self.http.bind.clone()),
         ]

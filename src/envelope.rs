@@ -155,6 +155,10 @@ pub enum EnvelopeError {
     MisplacedTierRecord(String),
     #[error("x-delay-id must be UTF-8, 1 to 256 bytes, got {0}")]
     InvalidId(String),
+    #[error("the record's headers cannot be parsed ({0}); they could not be copied into this dead letter")]
+    UnreadableHeaders(String),
+    #[error("the record timestamp is negative ({0}); a delayed record needs a timestamp at or after 1970")]
+    NegativeTimestamp(i64),
 }
 
 impl EnvelopeError {
@@ -176,11 +180,14 @@ impl EnvelopeError {
             Self::TooLarge(_) => "too_large",
             Self::CorruptTierRecord(_) | Self::MisplacedTierRecord(_) => "corrupt_tier_record",
             Self::InvalidId(_) => "invalid_id",
+            Self::UnreadableHeaders(_) => "unreadable_headers",
+            Self::NegativeTimestamp(_) => "invalid_timestamp",
         }
     }
 
     /// Every metric label [`EnvelopeError::reason`] can return.
-    pub const REASONS: [&'static str; 14] = [
+    /// At most 16: the delivery opaque carries the index in 4 bits.
+    pub const REASONS: [&'static str; 16] = [
         "invalid_delay",
         "invalid_deliver_at",
         "conflicting_headers",
@@ -194,6 +201,8 @@ impl EnvelopeError {
         "too_large",
         "corrupt_tier_record",
         "invalid_id",
+        "unreadable_headers",
+        "invalid_timestamp",
         "other",
     ];
 }
@@ -385,6 +394,9 @@ pub fn parse_ingress_trusting<'a>(
         }
     }
     let timestamp = timestamp_ms.unwrap_or(now_ms);
+    if timestamp < 0 {
+        return Err(EnvelopeError::NegativeTimestamp(timestamp));
+    }
     let due_ms = match (delay, deliver_at) {
         (Some(_), Some(_)) => return Err(EnvelopeError::BothDelayHeaders),
         (Some(raw), None) => timestamp

@@ -350,6 +350,53 @@ pub unsafe fn produce(
     }
 }
 
+/// The librdkafka release whose private header layout [`HeaderView`]
+/// reads: (major, minor) of 2.12, as bundled by rdkafka-sys 4.10.
+pub const LAYOUT_VERSION: (i32, i32) = (2, 12);
+
+/// Checks that the linked librdkafka is the release [`LAYOUT_VERSION`]
+/// names (a build against a system librdkafka could link another one);
+/// the error says which was found.
+pub fn check_librdkafka_version() -> Result<(), String> {
+    // SAFETY: rd_kafka_version reads a constant.
+    check_version(unsafe { rdsys::rd_kafka_version() })
+}
+
+/// [`check_librdkafka_version`] for a version number as librdkafka encodes
+/// it (`0xMMmmrrxx`).
+fn check_version(version: i32) -> Result<(), String> {
+    let (major, minor, revision) = (
+        version >> 24 & 0xff,
+        version >> 16 & 0xff,
+        version >> 8 & 0xff,
+    );
+    if (major, minor) == LAYOUT_VERSION {
+        Ok(())
+    } else {
+        Err(format!(
+            "linked librdkafka is {major}.{minor}.{revision}; this build reads record headers in the layout of {}.{} and must be built with it. Fix: build with the bundled librdkafka (the rdkafka crate's default)",
+            LAYOUT_VERSION.0, LAYOUT_VERSION.1
+        ))
+    }
+}
+
+/// Why librdkafka cannot parse the headers of `msg`, if it cannot: more
+/// than 100,000 headers, or a malformed header block
+/// (`rd_kafka_msg_headers_parse`, `rdkafka_msg.c`). rdkafka's safe API
+/// reads such a record as one without headers, which would route it as if
+/// it had no delay header at all.
+pub fn unreadable_headers(msg: &BorrowedMessage<'_>) -> Option<String> {
+    let mut headers: *mut rdsys::rd_kafka_headers_t = ptr::null_mut();
+    // SAFETY: `msg` borrows a live message; the call parses (or returns the
+    // already parsed) headers, which stay owned by the message.
+    let err = unsafe { rdsys::rd_kafka_message_headers(msg.ptr(), &mut headers) };
+    match err {
+        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        | rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__NOENT => None,
+        other => Some(format!("librdkafka: {:?}", RDKafkaErrorCode::from(other))),
+    }
+}
+
 /// librdkafka's locally cached high watermark of a partition, as last seen
 /// in a fetch response (no broker round trip); None when unknown. Fresh
 /// only right after a fetch response — e.g. when its end-of-partition event

@@ -34,6 +34,8 @@ pub enum ServiceError {
     Io(#[from] std::io::Error),
     #[error("a consumer loop panicked (see the log above); the other loops were stopped")]
     Panicked,
+    #[error("{0}")]
+    Librdkafka(String),
 }
 
 /// Sets the stop flag when dropped: at the end of a loop's thread, whether
@@ -134,6 +136,7 @@ pub fn run_with(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> Result<(), ServiceError> {
+    crate::native::check_librdkafka_version().map_err(ServiceError::Librdkafka)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

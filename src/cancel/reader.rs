@@ -95,11 +95,10 @@ impl CancelReader {
         let consumer: BaseConsumer<ReaderContext> =
             crate::kafka::consumer_config(settings, &group, true)
                 .create_with_context(ReaderContext)?;
-        let partitions = partitions_of(&consumer, &topic)
-            .map_err(|error| ReaderError::Topic {
-                topic: topic.clone(),
-                error,
-            })?;
+        let partitions = partitions_of(&consumer, &topic).map_err(|error| ReaderError::Topic {
+            topic: topic.clone(),
+            error,
+        })?;
         let progress = Arc::new(Progress::default());
         let mut total = 0;
         let mut tpl = TopicPartitionList::new();
@@ -199,7 +198,9 @@ fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
     let found = metadata.topics().iter().find(|t| t.name() == topic);
     match found {
         Some(t) if t.error().is_some() => Err(format!("{:?}", t.error())),
-        Some(t) if !t.partitions().is_empty() => Ok(t.partitions().iter().map(|p| p.id()).collect()),
+        Some(t) if !t.partitions().is_empty() => {
+            Ok(t.partitions().iter().map(|p| p.id()).collect())
+        }
         _ => Err("does not exist or has no partitions".into()),
     }
 }
@@ -222,7 +223,10 @@ impl ReadLoop {
                     }
                     if at_end.iter().all(|&e| e) && !self.progress.loaded.load(Ordering::Relaxed) {
                         self.progress.loaded.store(true, Ordering::Release);
-                        self.health.cancel_reader.loaded.store(true, Ordering::Relaxed);
+                        self.health
+                            .cancel_reader
+                            .loaded
+                            .store(true, Ordering::Relaxed);
                         tracing::info!(
                             topic = self.topic,
                             read = self.progress.read.load(Ordering::Relaxed),
@@ -277,7 +281,13 @@ impl ReadLoop {
             }
         }
         let cancel = cancel.map(|c| c.bounded(now, self.max_delay_ms));
-        tracing::debug!(id, ?cancel, partition = msg.partition(), offset = msg.offset(), "cancellation");
+        tracing::debug!(
+            id,
+            ?cancel,
+            partition = msg.partition(),
+            offset = msg.offset(),
+            "cancellation"
+        );
         if self.cancellations.apply(id, cancel) == Applied::Refused {
             self.metrics.cancellation_refused();
             if !*refused_logged {
@@ -313,7 +323,8 @@ impl ReadLoop {
                 let Offset::Offset(position) = e.offset() else {
                     continue;
                 };
-                let cached = crate::native::cached_high_watermark(consumer, &self.topic, e.partition());
+                let cached =
+                    crate::native::cached_high_watermark(consumer, &self.topic, e.partition());
                 if let Some(high) = cached {
                     lag += (high - position).max(0);
                 }

@@ -291,7 +291,8 @@ fn environment_numbers_flags_durations_and_ticks_still_convert() {
 
 #[test]
 fn a_toml_syntax_error_names_the_line_but_never_prints_it() {
-    let text = "[kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"hunter2-s3cret\n";
+    let text =
+        "[kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"hunter2-s3cret\n";
     for result in [load_with_env(text, &[]), load(text)] {
         let err = result.unwrap_err().to_string();
         assert!(err.contains("line 3"), "{err}");

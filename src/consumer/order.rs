@@ -143,6 +143,12 @@ impl Order {
         self.poisoned.insert((p, offset), poison);
     }
 
+    /// Writes `poison` instead of source (`p`, `offset`) when its turn
+    /// comes (a record known bad before it is handled).
+    pub fn poison_with(&mut self, p: i32, offset: i64, poison: Poison) {
+        self.poisoned.insert((p, offset), poison);
+    }
+
     /// What to write instead of source (`p`, `offset`), if its write failed.
     pub fn take_poison(&mut self, p: i32, offset: i64) -> Option<Poison> {
         if self.poisoned.is_empty() {

@@ -8,6 +8,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::Message;
 
+use super::order::Poison;
 use super::rebalance::RebalanceEvent;
 use super::{ConsumerLoop, Role};
 use crate::envelope::{self, Envelope, EnvelopeError, TierSlot};
@@ -58,6 +59,23 @@ impl ConsumerLoop {
         let id = part.id;
         match self.role {
             Role::Ingress => {
+                if let Some(why) = crate::native::unreadable_headers(msg) {
+                    // Read as "no headers" it would be delivered at once:
+                    // dead-letter it (exactly-once: when its turn comes).
+                    let error = EnvelopeError::UnreadableHeaders(why);
+                    if let Some(order) = self.order.as_mut() {
+                        if order.blocks(p) {
+                            order.poison_with(p, msg.offset(), Poison::DeadLetter(error));
+                            order.wait(p, msg.detach());
+                            return;
+                        }
+                    }
+                    let ticket = self.ledger.book_unacked().take(id, msg.offset());
+                    if let Some(ticket) = ticket {
+                        self.reject(msg, &error, ticket, Source::Ingress);
+                    }
+                    return;
+                }
                 if self.must_wait(p, || msg.detach()) {
                     return;
                 }

@@ -65,3 +65,15 @@ proptest! {
         prop_assert_eq!(roundtrip(&headers), headers);
     }
 }
+
+#[test]
+fn the_linked_librdkafka_is_the_release_whose_layout_we_read() {
+    assert_eq!(check_librdkafka_version(), Ok(()));
+    assert_eq!(check_version(0x020c01ff), Ok(()));
+    let other = check_version(0x020b00ff).unwrap_err();
+    assert!(
+        other.contains("2.11.0") && other.contains("2.12"),
+        "{other}"
+    );
+    assert!(check_version(0x030000ff).is_err());
+}

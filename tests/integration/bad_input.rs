@@ -24,6 +24,18 @@ fn publish_raw(
     value: &[u8],
     headers: &[RawHeader<'_>],
 ) {
+    publish_raw_at(p, topic, (partition, now_ms()), key, value, headers);
+}
+
+/// [`publish_raw`] with the record timestamp given.
+fn publish_raw_at(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    (partition, timestamp_ms): (Option<i32>, i64),
+    key: &[u8],
+    value: &[u8],
+    headers: &[RawHeader<'_>],
+) {
     let rk = p.client().native_ptr();
     // SAFETY: the handle is used with the producer it was made for, which
     // outlives it; the producer's context ignores the opaque.
@@ -38,7 +50,7 @@ fn publish_raw(
             partition,
             key: Some(key),
             value: Some(value),
-            timestamp_ms: now_ms(),
+            timestamp_ms,
             headers: out,
             opaque: 0,
         };
@@ -196,6 +208,72 @@ fn header_bytes_pass_through_and_lookalike_keys_are_dead_lettered() {
         .collect();
     assert_eq!(errors.len(), 1, "exactly one x-delay-error: {errors:?}");
     assert!(errors[0].contains("negative"), "{errors:?}");
+}
+
+/// Headers librdkafka cannot parse (more than 100,000) would read as "no
+/// headers" — with a default target, delivered at once, delay ignored —
+/// and a negative record timestamp would be written into a tier and
+/// refused there as corrupt: both are dead-lettered at ingress, with their
+/// reason, and the record behind them is delivered.
+#[test]
+fn unparsable_headers_and_negative_timestamps_are_dead_lettered() {
+    let (mut settings, targets) = setup("unparsable", &["target"]);
+    let t = targets[0].as_bytes();
+    settings.topics.default_target = Some(targets[0].clone());
+    let _service = Service::start(&settings);
+    let reader = Reader::start(&settings, &[&targets[0]]);
+    let producer = producer(&settings);
+    let ingress = settings.topics.ingress.as_str();
+    let mut headers: Vec<RawHeader<'_>> = vec![(b"x-delay", Some(b"600000"))];
+    headers.extend(std::iter::repeat_n((b"h".as_slice(), None), 100_000));
+    publish_raw(
+        &producer,
+        ingress,
+        Some(0),
+        b"k",
+        b"too-many-headers",
+        &headers,
+    );
+    let before_1970 = [
+        (b"x-delay".as_slice(), Some(b"1000".as_slice())),
+        (b"x-target-topic", Some(t)),
+    ];
+    publish_raw_at(
+        &producer,
+        ingress,
+        (Some(0), -5),
+        b"k",
+        b"before-1970",
+        &before_1970,
+    );
+    publish_raw(
+        &producer,
+        ingress,
+        Some(0),
+        b"k",
+        b"after",
+        &[(b"x-delay", Some(b"0")), (b"x-target-topic", Some(t))],
+    );
+    let dead = dead_letters(&settings, 2);
+    let arrived = reader.wait(1, Duration::from_secs(20), Duration::from_secs(2));
+    let values: Vec<String> = arrived.iter().map(Arrival::value).collect();
+    assert_eq!(values, vec!["after"], "only the valid record is delivered");
+    let by_value = |v: &str| {
+        dead.iter()
+            .find(|a| a.value() == v)
+            .unwrap_or_else(|| panic!("{v} dead-lettered"))
+    };
+    let headers_error = error_of(by_value("too-many-headers"));
+    assert!(
+        headers_error.contains("headers cannot be parsed"),
+        "{headers_error}"
+    );
+    let ts_error = error_of(by_value("before-1970"));
+    assert!(ts_error.contains("timestamp is negative"), "{ts_error}");
+    assert_eq!(
+        by_value("before-1970").header("x-delay").as_deref(),
+        Some("1000")
+    );
 }
 
 #[test]

@@ -445,7 +445,10 @@ fn cancellations_under_sustained_load_are_never_missed() {
         arrivals.len() - counts.len(),
         a.metric("kafka_delay_cancel_reader_lag_records"),
     );
-    assert!(cancelled.len() as u64 >= secs / 2, "too few cancellations issued");
+    assert!(
+        cancelled.len() as u64 >= secs / 2,
+        "too few cancellations issued"
+    );
     assert!(
         delivered_cancelled.is_empty(),
         "{} of {} cancelled records were delivered: {:?}",
@@ -453,6 +456,72 @@ fn cancellations_under_sustained_load_are_never_missed() {
         cancelled.len(),
         delivered_cancelled
     );
-    assert!(lost.is_empty(), "lost {} records: {:?}", lost.len(), &lost[..lost.len().min(20)]);
+    assert!(
+        lost.is_empty(),
+        "lost {} records: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
     assert_eq!(early, 0, "records delivered early");
+}
+
+/// Publishes `n` cancellations of distinct ids (due within the hour).
+fn publish_cancellations(settings: &kafka_delay::config::Settings, n: usize) {
+    let p = producer(settings);
+    let now = now_ms();
+    let value = format!(r#"{{"before": {now}, "until": {}}}"#, now + 3_600_000);
+    for i in 0..n {
+        let key = format!("bulk-{i:08}");
+        let mut record = rdkafka::producer::BaseRecord::<str, str>::to(&settings.topics.cancel)
+            .key(&key)
+            .payload(&value);
+        while let Err((e, back)) = p.send(record) {
+            assert!(
+                matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ),
+                "{e}"
+            );
+            record = back;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+}
+
+/// A cancel topic that takes longer to read than `service.startup_timeout`
+/// loads (progress, not a deadline, decides), and a SIGTERM while loading
+/// stops the instance cleanly at once.
+#[test]
+fn a_large_cancel_topic_loads_and_a_sigterm_interrupts_loading() {
+    let _heavy = heavy();
+    let (mut settings, _) = setup("cancelload", &[]);
+    settings.service.startup_timeout = Duration::from_millis(1_000).into();
+    let n = 300_000;
+    publish_cancellations(&settings, n);
+    let started = std::time::Instant::now();
+    let a = Instance::start("A", &settings);
+    a.wait_ready(Duration::from_secs(120));
+    let took = started.elapsed();
+    assert_eq!(
+        a.metric("kafka_delay_cancellations_outstanding"),
+        Some(n as f64)
+    );
+    assert_eq!(a.metric("kafka_delay_cancel_reader_up"), Some(1.0));
+    println!("{n} cancellations loaded, instance ready after {took:?} (startup_timeout 1 s)");
+    drop(a);
+    let mut b = Instance::start("B", &settings);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = http_get(&b.http, "/readyz").unwrap_or((0, String::new()));
+    assert_ne!(status, 200, "ready while loading: {body}");
+    let stopping = std::time::Instant::now();
+    let status = b.terminate_within(Duration::from_secs(20)).unwrap();
+    println!(
+        "SIGTERM while loading: exit {status:?} after {:?}",
+        stopping.elapsed()
+    );
+    assert!(status.success(), "{status:?}");
 }

@@ -15,9 +15,14 @@ use crate::helpers::*;
 fn invalid_accesses(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| {
-            ["Invalid read", "Invalid write", "Invalid free", "Mismatched free"]
-                .iter()
-                .any(|kind| l.contains(kind))
+            [
+                "Invalid read",
+                "Invalid write",
+                "Invalid free",
+                "Mismatched free",
+            ]
+            .iter()
+            .any(|kind| l.contains(kind))
         })
         .collect()
 }

@@ -60,6 +60,7 @@ pub struct Metrics {
     dead_letter_attempts: Vec<IntCounter>,
     dead_letter_failures: IntCounter,
     late_appends: Vec<IntCounter>,
+    later_turns: Vec<IntCounter>,
     stalls: Vec<IntCounter>,
     paused: Vec<IntGauge>,
     stalled: Vec<IntGauge>,
@@ -224,6 +225,10 @@ impl Metrics {
                 "kafka_delay_late_appends_total",
                 "Tier records read after their partition was drained past their bucket's release \
                  (a writer's clock behind, a slow produce): delivered at once, counted by the owner.",
+            ),
+            later_turns: per_tier(
+                "kafka_delay_later_turn_records_total",
+                "Tier records read for a later turn of their slot than the next (forged, or re-sent long after routing): re-routed at once instead of held.",
             ),
             stalls: per_tier(
                 "kafka_delay_stalls_total",
@@ -445,6 +450,11 @@ impl Metrics {
     /// A tier record arrived after its partition had drained past its release.
     pub fn late_append(&self, tier: usize) {
         self.late_appends[tier].inc();
+    }
+
+    /// A tier record of a later turn than its slot's next was re-routed.
+    pub fn later_turn(&self, tier: usize) {
+        self.later_turns[tier].inc();
     }
 
     /// The watchdog resumed a stalled partition of tier `tier`.

@@ -188,7 +188,25 @@ impl ConsumerLoop {
                     .table
                     .release_time(tier, env.bucket.unwrap_or_default());
                 if release > now {
-                    return Some((release, env.due_ms));
+                    if self.may_hold(tier, place.slot, &env, release, now) {
+                        return Some((release, env.due_ms));
+                    }
+                    // Routing would not put it here now: a forged record, or
+                    // one written for a later turn than its slot holds next.
+                    // Held, it would make the records behind it wait a whole
+                    // turn; moved now to where routing puts it (a higher
+                    // tier, a roll-over, another bucket), it never comes
+                    // straight back.
+                    tracing::warn!(
+                        topic = self.topic,
+                        partition = p,
+                        offset = msg.offset(),
+                        release,
+                        due = env.due_ms,
+                        "tier record routing would not put here: re-routed instead of held"
+                    );
+                    self.shared.metrics.later_turn(tier);
+                    return self.route_tier_record(msg, tier, Ok(env), now);
                 }
                 if self
                     .partitions
@@ -209,6 +227,36 @@ impl ConsumerLoop {
             }
             Err(e) => Err(e),
         };
+        self.route_tier_record(msg, tier, env, now)
+    }
+
+    /// Whether a tier record not yet released may be held as its
+    /// partition's head: routing would put it in this very bucket now, or
+    /// it is a roll-over (beyond the top tier's horizon) waiting for a turn
+    /// of its slot no later than the next. Anything else is moved on.
+    fn may_hold(&self, tier: usize, slot: i64, env: &Envelope<'_>, release: i64, now: i64) -> bool {
+        match self.table.route(now, env.due_ms) {
+            Route::Tier {
+                tier: t, bucket, ..
+            } if t == tier && Some(bucket) == env.bucket => true,
+            Route::Tier {
+                tier: t,
+                rollover: true,
+                ..
+            } if t == tier => release <= self.table.next_turn_release(tier, slot, now),
+            _ => false,
+        }
+    }
+
+    /// Routes (or dead-letters) a tier record that is not held.
+    fn route_tier_record<M: Record + Message + ToOwnedMessage>(
+        &mut self,
+        msg: &M,
+        tier: usize,
+        env: Result<Envelope<'_>, EnvelopeError>,
+        now: i64,
+    ) -> Option<(i64, i64)> {
+        let p = msg.partition();
         let id = self.partitions.get(p)?.id;
         let ticket = self.ledger.book_unacked().take(id, msg.offset())?;
         if self.write_poisoned(msg, ticket, Source::Tier(tier), now) {

@@ -519,6 +519,73 @@ fn forged_tier_records_are_dead_lettered_without_blocking_their_partition() {
     );
 }
 
+/// A record written for the *next* turn of a slot while its current turn
+/// drains (a forger: routing never writes it; the horizon check lets it
+/// through) must not hold the partition: the current turn's record behind
+/// it is delivered on time, and it is delivered at its own due time.
+#[test]
+fn a_record_of_the_next_turn_does_not_hold_back_the_current_one() {
+    let (settings, targets) = setup("nextturn", &["target"]);
+    let target = &targets[0];
+    let _service = Service::start(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let producer = producer(&settings);
+    // The 500 ms tier; partition 0 serves slot 0.
+    let tier = format!("{}500ms", settings.topics.tier_prefix);
+    let table = settings.tier_table().unwrap();
+    let t = &table.tiers()[1];
+    let (slots, tick) = (t.slots, t.tick_ms);
+    let now = now_ms();
+    let current = ((now + 400) / tick / slots + 1) * slots;
+    // Sleep into the current turn: released (`lead` before its bucket).
+    let released_at = current * tick - t.lead_ms;
+    std::thread::sleep(Duration::from_millis((released_at - now + 30) as u64));
+    let forge = |name: &str, bucket: i64, due: i64| {
+        let headers = [
+            ("x-delay-due-at", due.to_string()),
+            ("x-delay-target", target.clone()),
+            ("x-delay-bucket", bucket.to_string()),
+            ("x-delay-original-timestamp", now.to_string()),
+        ];
+        let raw: Vec<RawHeader<'_>> = headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes())))
+            .collect();
+        publish_raw(&producer, &tier, Some(0), b"k", name.as_bytes(), &raw);
+    };
+    let next_due = (current + slots) * tick + 1;
+    let current_due = current * tick + 300;
+    forge("next-turn", current + slots, next_due);
+    forge("current-turn", current, current_due);
+    let arrivals = reader.wait(2, Duration::from_secs(20), Duration::from_secs(1));
+    let got: Vec<String> = arrivals.iter().map(Arrival::value).collect();
+    let dead: Vec<String> = read(
+        &settings,
+        &[&settings.topics.dead_letter],
+        0,
+        Duration::ZERO,
+        Duration::from_secs(2),
+    )
+    .iter()
+    .map(|a| format!("{}: {:?}", a.value(), a.header(envelope::ERROR)))
+    .collect();
+    println!("delivered {got:?}, dead letters {dead:?}");
+    for (name, due) in [("current-turn", current_due), ("next-turn", next_due)] {
+        let a = arrivals
+            .iter()
+            .find(|a| a.value() == name)
+            .unwrap_or_else(|| panic!("{name} not delivered"));
+        let late = a.seen_ms - due;
+        println!("{name}: {late} ms late");
+        assert!(late >= 0, "{name} delivered {} ms early", -late);
+        assert!(
+            late < 2_000,
+            "{name} delivered {late} ms late (a turn is {} ms)",
+            slots * tick
+        );
+    }
+}
+
 #[test]
 fn a_refusing_dead_letter_topic_stops_the_partition_until_it_accepts() {
     use crate::faults::{heavy, wait_until, Instance};

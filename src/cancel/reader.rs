@@ -227,6 +227,7 @@ impl ReadLoop {
                             .cancel_reader
                             .loaded
                             .store(true, Ordering::Relaxed);
+                        self.metrics.set_cancel_reader(0, true);
                         tracing::info!(
                             topic = self.topic,
                             read = self.progress.read.load(Ordering::Relaxed),

@@ -215,6 +215,10 @@ pub struct ServiceSettings {
     /// Records read and not yet acknowledged, over the whole instance:
     /// above it, source partitions pause (backpressure).
     pub max_in_flight: usize,
+    /// Key and value bytes of the records read and not yet acknowledged,
+    /// over the whole instance: above it, source partitions pause. Bounds
+    /// memory when records are large (retries, overflow, parked records).
+    pub max_in_flight_bytes: usize,
     /// Records read and not yet acknowledged from one partition.
     pub max_in_flight_per_partition: usize,
     /// Records held in the due-soon timers, over the whole instance.
@@ -237,6 +241,7 @@ impl Default for ServiceSettings {
             delivery_timeout: Duration::from_secs(600).into(),
             startup_timeout: Duration::from_secs(60).into(),
             max_in_flight: 100_000,
+            max_in_flight_bytes: 64 << 20,
             max_in_flight_per_partition: 20_000,
             max_timer_records: 200_000,
             max_timer_bytes: 64 << 20,
@@ -579,6 +584,10 @@ impl Settings {
         }
         for (key, value) in [
             ("service.max_in_flight", self.service.max_in_flight),
+            (
+                "service.max_in_flight_bytes",
+                self.service.max_in_flight_bytes,
+            ),
             (
                 "service.max_in_flight_per_partition",
                 self.service.max_in_flight_per_partition,

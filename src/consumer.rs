@@ -464,12 +464,13 @@ impl ConsumerLoop {
     fn apply_flow(&mut self, now: i64) {
         let book = self.ledger.book();
         self.failures.forget_done(|word| book.is_done(word));
-        let in_flight = book.in_flight();
+        let in_flight = (book.in_flight(), book.in_flight_bytes());
         let per_partition: Vec<(i32, usize, bool)> = self
             .partitions
             .iter()
             .map(|(p, part)| {
-                let blocked = self.failures.blocked().any(|a| a == part.id);
+                let blocked = self.failures.blocked().any(|a| a == part.id)
+                    || self.order.as_ref().is_some_and(|o| o.retrying(p));
                 let waiting = self.order.as_ref().map_or(0, |o| o.waiting_len(p));
                 (p, book.in_flight_of(part.id) + waiting, blocked)
             })

@@ -90,8 +90,11 @@ impl Ticket {
 /// Pending offsets of one source partition.
 #[derive(Debug, Default)]
 pub struct PartitionOffsets {
-    /// Taken offsets in ascending order, with their done flag.
-    pending: VecDeque<(i64, bool)>,
+    /// Taken offsets in ascending order, with their done flag and size
+    /// (key and value bytes).
+    pending: VecDeque<(i64, bool, u32)>,
+    /// Key and value bytes of the records taken and not yet done.
+    bytes: u64,
     /// Sequence number of `pending.front()`.
     front_seq: u64,
     /// One past the last taken offset.
@@ -103,10 +106,18 @@ impl PartitionOffsets {
     /// Offsets must be taken in ascending order; a smaller or repeated offset
     /// is refused (None).
     pub fn take(&mut self, offset: i64) -> Option<u64> {
+        self.take_sized(offset, 0)
+    }
+
+    /// [`PartitionOffsets::take`] for a record of `bytes` key and value
+    /// bytes, counted in [`PartitionOffsets::bytes`] until it is done.
+    pub fn take_sized(&mut self, offset: i64, bytes: usize) -> Option<u64> {
         if self.next.is_some_and(|next| offset < next) {
             return None;
         }
-        self.pending.push_back((offset, false));
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.bytes += u64::from(bytes);
+        self.pending.push_back((offset, false, bytes));
         self.next = Some(offset + 1);
         Some(self.front_seq + self.pending.len() as u64 - 1)
     }
@@ -116,9 +127,12 @@ impl PartitionOffsets {
     pub fn done(&mut self, seq: u64) {
         let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
         if let Some(entry) = self.pending.get_mut(index) {
-            entry.1 = true;
+            if !entry.1 {
+                entry.1 = true;
+                self.bytes -= u64::from(entry.2);
+            }
         }
-        while self.pending.front().is_some_and(|&(_, done)| done) {
+        while self.pending.front().is_some_and(|&(_, done, _)| done) {
             self.pending.pop_front();
             self.front_seq += 1;
         }
@@ -128,7 +142,7 @@ impl PartitionOffsets {
     /// None when nothing was taken yet.
     pub fn commit_position(&self) -> Option<i64> {
         match self.pending.front() {
-            Some(&(offset, _)) => Some(offset),
+            Some(&(offset, _, _)) => Some(offset),
             None => self.next,
         }
     }
@@ -136,7 +150,7 @@ impl PartitionOffsets {
     /// The offset of the record with sequence number `seq`, while pending.
     pub fn offset_of(&self, seq: u64) -> Option<i64> {
         let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
-        self.pending.get(index).map(|&(offset, _)| offset)
+        self.pending.get(index).map(|&(offset, _, _)| offset)
     }
 
     /// Records taken but not yet delivered.
@@ -144,11 +158,16 @@ impl PartitionOffsets {
         self.pending.len()
     }
 
+    /// Key and value bytes of the records taken but not yet delivered.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// True once the record with sequence number `seq` was delivered (or
     /// never taken).
     pub fn is_done(&self, seq: u64) -> bool {
         let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
-        self.pending.get(index).is_none_or(|&(_, done)| done)
+        self.pending.get(index).is_none_or(|&(_, done, _)| done)
     }
 }
 
@@ -225,7 +244,18 @@ impl Book {
     /// Takes `offset` (see [`PartitionOffsets::take`]); None for a revoked
     /// assignment or an offset already taken.
     pub fn take(&mut self, assignment: Assignment, offset: i64) -> Option<Ticket> {
-        let seq = self.entry(assignment)?.offsets.take(offset)?;
+        self.take_sized(assignment, offset, 0)
+    }
+
+    /// [`Book::take`] for a record of `bytes` key and value bytes, counted
+    /// in [`Book::in_flight_bytes`] until acknowledged.
+    pub fn take_sized(
+        &mut self,
+        assignment: Assignment,
+        offset: i64,
+        bytes: usize,
+    ) -> Option<Ticket> {
+        let seq = self.entry(assignment)?.offsets.take_sized(offset, bytes)?;
         Some(Ticket::new(assignment, seq))
     }
 
@@ -272,6 +302,19 @@ impl Book {
             .flatten()
             .map(|e| e.offsets.in_flight())
             .sum()
+    }
+
+    /// Key and value bytes of the records taken but not yet acknowledged,
+    /// over all partitions: what the loop (retries, parked and overflow
+    /// records, the write order) and librdkafka's produce queue hold of them.
+    pub fn in_flight_bytes(&self) -> usize {
+        let bytes: u64 = self
+            .entries
+            .iter()
+            .flatten()
+            .map(|e| e.offsets.bytes())
+            .sum();
+        usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 }
 
@@ -374,6 +417,34 @@ mod tests {
         assert_eq!(p.commit_position(), Some(15));
         assert_eq!(p.in_flight(), 0);
         assert_eq!(p.take(3), None);
+    }
+
+    #[test]
+    fn in_flight_bytes_count_until_each_record_is_done_once() {
+        let mut book = Book::default();
+        let a = book.register("t", 0);
+        let b = book.register("t", 1);
+        let t1 = book.take_sized(a, 10, 900_000).unwrap();
+        let t2 = book.take_sized(a, 11, 100).unwrap();
+        let t3 = book.take_sized(b, 5, 50).unwrap();
+        assert_eq!(book.in_flight_bytes(), 900_150);
+        book.done(t2);
+        book.done(t2);
+        assert_eq!(
+            book.in_flight_bytes(),
+            900_050,
+            "a repeated ack counts once"
+        );
+        book.done(t1);
+        book.done(t3);
+        assert_eq!(book.in_flight_bytes(), 0);
+        book.take_sized(b, 6, 7).unwrap();
+        book.remove("t", 1);
+        assert_eq!(
+            book.in_flight_bytes(),
+            0,
+            "a revoked partition holds nothing"
+        );
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub fn run_with(
         cancellations,
         health: health.clone(),
         limits: Arc::new(Limits::new(
-            s.max_in_flight,
+            (s.max_in_flight, s.max_in_flight_bytes),
             s.max_in_flight_per_partition,
             s.max_timer_records,
             s.max_timer_bytes,

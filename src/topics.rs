@@ -381,15 +381,19 @@ pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>,
         settings.topics.cancel
     ));
     lines.push(format!(
-        "# cancellations: grant Write on {} to the principals that cancel or reschedule",
-        settings.topics.cancel
-    ));
-    lines.push(format!(
         "{base} {} --group {}. --resource-pattern-type prefixed",
         ops(&["Read", "Describe"]),
         settings.kafka.group_id
     ));
     lines.push(format!("{base} {} --cluster", ops(&["IdempotentWrite"])));
+    if settings.delivery.exactly_once() {
+        // Transactional ids are `<group_id>.<loop>.<instance>`.
+        lines.push(format!(
+            "{base} {} --transactional-id {}. --resource-pattern-type prefixed",
+            ops(&["Write", "Describe"]),
+            settings.kafka.group_id
+        ));
+    }
     let targets = match &settings.topics.allowed_targets {
         Some(pattern) => format!(
             "# targets: Write and Describe on every topic matching topics.allowed_targets ({pattern}), e.g.\n{base} {} --topic <target>",
@@ -401,6 +405,23 @@ pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>,
         ),
     };
     lines.push(targets);
+    let others = format!(
+        "kafka-acls.sh --bootstrap-server {} --add",
+        settings.kafka.bootstrap_servers
+    );
+    lines.push(format!(
+        "# producers of delayed records: Write on the ingress topic only
+{others} --allow-principal User:<producer> {} --topic {}",
+        ops(&["Write", "Describe"]),
+        settings.topics.ingress
+    ));
+    lines.push(format!(
+        "# cancellers (kafka-delay cancel, reschedule): any writer of {} can cancel any record that has an x-delay-id, for any target; reschedule also reads the tiers
+{others} --allow-principal User:<canceller> {} --topic {}",
+        settings.topics.cancel,
+        ops(&["Write", "Describe"]),
+        settings.topics.cancel
+    ));
     lines.push(
         "# Grant no other principal Write on the tier topics: they hold the service's own records."
             .to_owned(),
@@ -444,6 +465,25 @@ pub fn verify(settings: &Settings, spec: &Spec) -> Result<(), TopicsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acls_name_least_privilege_for_every_principal() {
+        let mut settings = Settings::default();
+        let lines = acl_commands(&settings, "User:svc").unwrap().join("\n");
+        assert!(lines
+            .contains("User:<producer> --operation Write --operation Describe --topic delay.in"));
+        assert!(lines.contains(
+            "User:<canceller> --operation Write --operation Describe --topic delay.cancel"
+        ));
+        assert!(lines.contains("any writer of delay.cancel can cancel any record"));
+        assert!(!lines.contains("--transactional-id"));
+        settings.delivery.mode = crate::config::DeliveryMode::ExactlyOnce;
+        let lines = acl_commands(&settings, "User:svc").unwrap().join("\n");
+        assert!(
+            lines.contains("User:svc --operation Write --operation Describe --transactional-id kafka-delay. --resource-pattern-type prefixed"),
+            "{lines}"
+        );
+    }
 
     #[test]
     fn default_plan_derives_tier_partitions_and_retention() {

@@ -173,14 +173,16 @@ impl Transaction {
             for (topic, partition, offset) in &moved {
                 let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
             }
-            if let Err(error) =
-                self.producer
-                    .send_offsets_to_transaction(&tpl, &group, self.timeout)
-            {
+            let producer = &self.producer;
+            let timeout = self.timeout;
+            if let Err(error) = retrying(timeout, || {
+                producer.send_offsets_to_transaction(&tpl, &group, timeout)
+            }) {
                 return Err(self.fail(&error, sent));
             }
         }
-        if let Err(error) = self.producer.commit_transaction(self.timeout) {
+        let (producer, timeout) = (&self.producer, self.timeout);
+        if let Err(error) = retrying(timeout, || producer.commit_transaction(timeout)) {
             return Err(self.fail(&error, sent));
         }
         self.metrics
@@ -245,5 +247,100 @@ impl Transaction {
         self.sent_at_begin = sent;
         self.urgent = false;
         Ok(())
+    }
+}
+
+/// Calls `call` again while it fails with an error librdkafka marks
+/// retriable (`rd_kafka_error_is_retriable`: e.g. a commit that timed out
+/// while the coordinator still works on it), for at most `budget`, backing
+/// off from 50 ms. librdkafka requires the same call to be repeated then:
+/// an abort in that state is refused. Other errors are returned at once.
+fn retrying(
+    budget: Duration,
+    call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    retry_while(
+        budget,
+        Duration::from_millis(50),
+        call,
+        |e| matches!(e, KafkaError::Transaction(t) if t.is_retriable()),
+    )
+}
+
+/// Calls `call` until it succeeds, fails with an error `retriable` refuses,
+/// or `budget` is spent; the back-off starts at `backoff` and doubles up to
+/// 1 s.
+fn retry_while<E: std::fmt::Display>(
+    budget: Duration,
+    mut backoff: Duration,
+    mut call: impl FnMut() -> Result<(), E>,
+    retriable: impl Fn(&E) -> bool,
+) -> Result<(), E> {
+    let started = Instant::now();
+    loop {
+        match call() {
+            Err(e) if retriable(&e) && started.elapsed() < budget => {
+                tracing::info!(error = %e, "transactional call failed retriably; trying again");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retriable_errors_are_tried_again_within_the_budget_and_others_returned() {
+        let mut calls = 0;
+        let ok = retry_while(
+            Duration::from_secs(5),
+            Duration::ZERO,
+            || {
+                calls += 1;
+                if calls < 3 {
+                    Err("retriable")
+                } else {
+                    Ok(())
+                }
+            },
+            |e| *e == "retriable",
+        );
+        assert!(ok.is_ok());
+        assert_eq!(calls, 3, "called again until it succeeded");
+        let mut calls = 0;
+        let fatal = retry_while(
+            Duration::from_secs(5),
+            Duration::ZERO,
+            || {
+                calls += 1;
+                Err("fatal")
+            },
+            |e| *e == "retriable",
+        );
+        assert_eq!((fatal, calls), (Err("fatal"), 1), "other errors at once");
+        let mut calls = 0;
+        let spent = retry_while(
+            Duration::from_millis(30),
+            Duration::from_millis(10),
+            || {
+                calls += 1;
+                Err("retriable")
+            },
+            |e| *e == "retriable",
+        );
+        assert!(spent.is_err() && (2..10).contains(&calls), "{calls} calls");
+        // A plain produce error is never a retriable transaction error.
+        let mut calls = 0;
+        let plain = retrying(Duration::from_secs(5), || {
+            calls += 1;
+            Err(KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::QueueFull,
+            ))
+        });
+        assert!(plain.is_err() && calls == 1);
     }
 }

@@ -200,6 +200,7 @@ watch_interval = {{ $s.watchInterval | quote }}
 delivery_timeout = {{ $s.deliveryTimeout | quote }}
 startup_timeout = {{ $s.startupTimeout | quote }}
 max_in_flight = {{ $s.maxInFlight | int64 }}
+max_in_flight_bytes = {{ $s.maxInFlightBytes | int64 }}
 max_in_flight_per_partition = {{ $s.maxInFlightPerPartition | int64 }}
 max_timer_records = {{ $s.maxTimerRecords | int64 }}
 max_timer_bytes = {{ $s.maxTimerBytes | int64 }}

@@ -18,6 +18,19 @@ use crate::metrics::Source;
 use crate::timer::Timer;
 use crate::transaction::TransactionError;
 
+/// Whether a failed write failed only because the transaction did: after
+/// a permanent error librdkafka purges every queued and in-flight write of
+/// the transaction (`_PURGE_QUEUE`, `_PURGE_INFLIGHT`) and refuses new ones
+/// until it is aborted (`_STATE`). Only the write that failed for its own
+/// sake may be dead-lettered.
+pub(super) fn is_collateral(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::PurgeQueue | C::PurgeInflight | C::State)
+    )
+}
+
 /// Bound on the committed-offset query and the seek after an abort.
 const REWIND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause after aborts in a row (doubling from 100 ms): a write that
@@ -96,6 +109,18 @@ impl ConsumerLoop {
         {
             let book = self.ledger.book();
             for failure in failed {
+                if is_collateral(&failure.error) {
+                    // Purged or refused because another write failed the
+                    // transaction: nothing is wrong with this record; it is
+                    // read and written again.
+                    continue;
+                }
+                if matches!(
+                    failure.inflight.kind,
+                    Kind::DeadLetter | Kind::TruncatedDeadLetter
+                ) {
+                    self.shared.metrics.dead_letter_failure();
+                }
                 if let Some((p, offset)) = book.source_of(failure.inflight.ticket) {
                     order.poison(p, offset, failure);
                 }
@@ -225,7 +250,12 @@ impl ConsumerLoop {
         };
         match self.role {
             Role::Ingress => {
-                let Some(ticket) = self.ledger.book_unacked().take(id, msg.offset()) else {
+                let taken = self.ledger.book_unacked().take_sized(
+                    id,
+                    msg.offset(),
+                    super::records::kv_bytes(&msg),
+                );
+                let Some(ticket) = taken else {
                     return;
                 };
                 self.ingest(&msg, ticket, now);
@@ -272,5 +302,33 @@ impl ConsumerLoop {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    #[test]
+    fn purged_and_refused_writes_are_collateral_the_failed_one_is_not() {
+        for code in [C::PurgeQueue, C::PurgeInflight, C::State] {
+            assert!(
+                is_collateral(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
+        for code in [
+            C::MessageSizeTooLarge,
+            C::UnknownTopicOrPartition,
+            C::MessageTimedOut,
+            C::TopicAuthorizationFailed,
+        ] {
+            assert!(
+                !is_collateral(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
     }
 }

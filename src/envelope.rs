@@ -463,6 +463,35 @@ pub fn parse_tier<'a>(
     now_ms: i64,
     policy: &TargetPolicy,
 ) -> Result<Envelope<'a>, EnvelopeError> {
+    let env = parse_tier_headers(headers, policy)?;
+    let bucket = env.bucket.unwrap_or_default();
+    let misplaced = |why: String| Err(EnvelopeError::MisplacedTierRecord(why));
+    if bucket.rem_euclid(place.slots) != place.slot {
+        return misplaced(format!(
+            "bucket {bucket} is in slot {}, the partition serves slot {}",
+            bucket.rem_euclid(place.slots),
+            place.slot
+        ));
+    }
+    if bucket > env.due_ms.div_euclid(place.tick_ms) {
+        return misplaced(format!("bucket {bucket} starts after the due time"));
+    }
+    if bucket - now_ms.div_euclid(place.tick_ms) >= place.slots + HORIZON_SLACK_BUCKETS {
+        return misplaced(format!("bucket {bucket} lies beyond the tier's horizon"));
+    }
+    policy.check_delay(env.due_ms, now_ms)?;
+    Ok(env)
+}
+
+/// The service's own headers of a tier record, each exactly once, without
+/// the checks of where it was read ([`parse_tier`] adds those): for a tier
+/// write the service itself made and must re-route (a failed produce).
+///
+/// Errors: `CorruptTierRecord`, `InvalidTarget`, `ForbiddenTarget`.
+pub fn parse_tier_headers<'a>(
+    headers: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    policy: &TargetPolicy,
+) -> Result<Envelope<'a>, EnvelopeError> {
     let (mut due, mut target, mut bucket, mut original) = (None, None, None, None);
     let mut id = None;
     for (key, value) in headers {
@@ -498,22 +527,6 @@ pub fn parse_tier<'a>(
             None => None,
         },
     };
-    let bucket = env.bucket.unwrap_or_default();
-    let misplaced = |why: String| Err(EnvelopeError::MisplacedTierRecord(why));
-    if bucket.rem_euclid(place.slots) != place.slot {
-        return misplaced(format!(
-            "bucket {bucket} is in slot {}, the partition serves slot {}",
-            bucket.rem_euclid(place.slots),
-            place.slot
-        ));
-    }
-    if bucket > env.due_ms.div_euclid(place.tick_ms) {
-        return misplaced(format!("bucket {bucket} starts after the due time"));
-    }
-    if bucket - now_ms.div_euclid(place.tick_ms) >= place.slots + HORIZON_SLACK_BUCKETS {
-        return misplaced(format!("bucket {bucket} lies beyond the tier's horizon"));
-    }
-    policy.check_delay(env.due_ms, now_ms)?;
     Ok(env)
 }
 

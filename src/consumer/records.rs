@@ -12,7 +12,7 @@ use super::order::Poison;
 use super::rebalance::RebalanceEvent;
 use super::{ConsumerLoop, Role};
 use crate::envelope::{self, Envelope, EnvelopeError, TierSlot};
-use crate::forwarder::Record;
+use crate::forwarder::{Inflight, OwnedRecord, Record};
 use crate::ledger::Ticket;
 use crate::metrics::{Outcome, Source};
 use crate::native::RecordHeaders;
@@ -429,9 +429,52 @@ impl ConsumerLoop {
             self.failures
                 .handle(&mut self.forwarder, failed, now, live, &self.shared.metrics);
         }
+        for (record, inflight) in self.failures.take_due_tier_writes(now) {
+            self.retry_tier_write(record, inflight, now);
+        }
         self.failures.resend_due(&mut self.forwarder, now);
         if self.forwarder.queue_full() {
             self.forwarder.drain_overflow();
+        }
+    }
+
+    /// A failed tier write whose back-off ended: routed again by its due
+    /// time — to the tier and bucket routing picks now, to its target when
+    /// due (kept until then when it is due within the due-soon window), or
+    /// dropped when a cancellation names it.
+    fn retry_tier_write(&mut self, record: OwnedRecord, inflight: Inflight, now: i64) {
+        let view = record.header_view();
+        let Ok(env) = envelope::parse_tier_headers(view.iter(), &self.policy) else {
+            // Not one of ours after all: as it was.
+            return self.forwarder.resend(record, inflight);
+        };
+        if self.is_cancelled(&env) {
+            self.shared.metrics.cancelled();
+            self.ledger.acknowledge(inflight.ticket);
+            return;
+        }
+        let from = self.role.source();
+        match self.table.route(now, env.due_ms) {
+            Route::Deliver => {
+                self.forwarder
+                    .to_target(&record, &env, from, inflight.ticket, now);
+            }
+            Route::Timer => {
+                let due = env.due_ms;
+                self.failures.wait_until(record, inflight, due);
+            }
+            Route::Tier { tier, bucket, .. } => {
+                let slot = self.table.slot(tier, bucket);
+                let lane = key_lane(record.key.as_deref(), self.lanes, 0);
+                let partition = self.table.partition(tier, slot, lane);
+                self.forwarder.to_tier(
+                    &record,
+                    &env,
+                    (tier, bucket, partition),
+                    inflight.ticket,
+                    now,
+                );
+            }
         }
     }
 

@@ -251,6 +251,32 @@ impl Failures {
             .insert((at, self.seq), Waiting { record, inflight });
     }
 
+    /// Takes the failed tier writes whose back-off ended by `now_ms`: the
+    /// loop re-routes them by their due time. Re-sent as they were, to the
+    /// partition they were routed to long before, they could land behind
+    /// the head of their slot's next turn and wait a whole turn.
+    pub fn take_due_tier_writes(&mut self, now_ms: i64) -> Vec<(OwnedRecord, Inflight)> {
+        let due: Vec<(i64, u64)> = self
+            .waiting
+            .range(..(now_ms + 1, 0))
+            .filter(|(_, w)| w.inflight.kind == Kind::Tier)
+            .map(|(&k, _)| k)
+            .collect();
+        due.into_iter()
+            .filter_map(|k| self.waiting.remove(&k))
+            .map(|w| (w.record, w.inflight))
+            .collect()
+    }
+
+    /// Keeps `record` until `at_ms` (a re-routed tier write that is due
+    /// within the due-soon window waits here until it is due); then it comes
+    /// back from [`Failures::take_due_tier_writes`].
+    pub fn wait_until(&mut self, record: OwnedRecord, inflight: Inflight, at_ms: i64) {
+        self.seq += 1;
+        self.waiting
+            .insert((at_ms, self.seq), Waiting { record, inflight });
+    }
+
     /// Re-sends the records whose back-off ended by `now_ms`.
     pub fn resend_due(&mut self, forwarder: &mut Forwarder, now_ms: i64) {
         while let Some(entry) = self.waiting.first_entry() {
@@ -430,6 +456,42 @@ mod tests {
             classify(&e(RDKafkaErrorCode::NotEnoughReplicas)),
             Class::Transient
         );
+    }
+
+    fn record(topic: &str) -> OwnedRecord {
+        OwnedRecord {
+            topic: topic.to_owned(),
+            partition: Some(3),
+            key: None,
+            value: Some(b"v".to_vec()),
+            timestamp_ms: 0,
+            headers: OutHeaders::with_capacity(0),
+        }
+    }
+
+    #[test]
+    fn due_tier_writes_go_back_to_the_loop_other_retries_are_re_sent() {
+        let mut book = crate::ledger::Book::default();
+        let a = book.register("t", 0);
+        let mut ticket = |o| book.take(a, o).unwrap();
+        let (t1, t2, t3) = (ticket(1), ticket(2), ticket(3));
+        let mut f = Failures::default();
+        f.wait_until(record("delay.1s"), Inflight::new(t1, Kind::Tier), 1_000);
+        f.wait_until(record("target"), Inflight::new(t2, Kind::Target), 1_000);
+        f.wait_until(record("delay.1m"), Inflight::new(t3, Kind::Tier), 5_000);
+        assert!(f.take_due_tier_writes(999).is_empty());
+        let due = f.take_due_tier_writes(1_000);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].0.topic.as_str(), due[0].1.ticket), ("delay.1s", t1));
+        assert_eq!(
+            f.waiting(),
+            2,
+            "the target retry and the later tier write wait on"
+        );
+        assert_eq!(f.next_due(), Some(1_000));
+        let later = f.take_due_tier_writes(10_000);
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].1.ticket, t3);
     }
 
     #[test]

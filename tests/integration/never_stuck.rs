@@ -446,3 +446,40 @@ fn every_tier_is_shared_evenly_across_joins_and_leaves() {
         shares(&[&a, &c, &d], &sources)
     );
 }
+
+/// Tier writes that fail in an outage longer than `message.timeout.ms`
+/// are routed again by their due time when retried (not re-sent to the
+/// partition chosen before the outage): every record arrives, none early,
+/// late by about the outage.
+#[test]
+fn tier_writes_that_time_out_in_an_outage_are_routed_again() {
+    let _heavy = heavy();
+    if external_cluster() {
+        return println!("skipped: needs a broker this test may stop");
+    }
+    let ticks = ["100ms", "1s", "10s"];
+    let broker = PrivateBroker::memory();
+    let (mut settings, targets) = setup_on(&broker.bootstrap, "outage", &["target"], &ticks);
+    settings
+        .kafka
+        .producer_properties
+        .insert("message.timeout.ms".into(), "1500".into());
+    let target = &targets[0];
+    let a = Instance::start("A", &settings);
+    a.wait_ready(Duration::from_secs(30));
+    let producer = producer(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let n = 300;
+    publish_numbered(&producer, &settings, target, n, |i| {
+        4_000 + (i * 37) % 8_000
+    });
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    broker.pause();
+    std::thread::sleep(Duration::from_secs(4));
+    broker.resume();
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(1));
+    let retries = a.metric("kafka_delay_produce_retries_total{kind=\"tier\"}");
+    println!("tier write retries: {retries:?}");
+    Account::of(&settings, target, &arrivals, n).assert_ok("tier writes through an outage", 8_000);
+}

@@ -140,7 +140,8 @@ enum TopicsAction {
     },
 }
 
-/// `cancel`: the record was due already.
+/// `cancel`: the record was due already; `pending --id`, `reschedule`: no
+/// tier holds a record with that id.
 const EXIT_TOO_LATE: u8 = 3;
 
 /// `kafka-delay pending`: a progress bar on standard error while it reads.
@@ -156,16 +157,21 @@ fn pending(settings: &Settings, id: Option<&str>, json: bool) -> ExitCode {
     });
     bar.finish_and_clear();
     match result {
-        Ok(scan) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&scan).expect("serializable")
-            );
-            ExitCode::SUCCESS
-        }
         Ok(scan) => {
-            print!("{}", kafka_delay::pending::render(&scan, id));
-            ExitCode::SUCCESS
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&scan).expect("serializable")
+                );
+            } else {
+                print!("{}", kafka_delay::pending::render(&scan, id));
+            }
+            // `--id` that no tier holds: not found (as reschedule reports it).
+            if id.is_some() && scan.found.is_none() {
+                ExitCode::from(EXIT_TOO_LATE)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(error) => fail(kafka_delay::kafka::describe(&error)),
     }
@@ -400,6 +406,14 @@ fn main() -> ExitCode {
                 (Some(d), None) => produce::When::Delay(d),
                 (None, None) => produce::When::Delay(Duration::ZERO),
             };
+            // Checked before anything is published: the service would
+            // dead-letter every record of a bad --deliver-at.
+            if let produce::When::At(at) = &when {
+                if let Err(error) = kafka_delay::envelope::parse_deliver_at(at.as_bytes()) {
+                    eprintln!("kafka-delay: --deliver-at: {error}; nothing was published");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
             let values: Box<dyn Iterator<Item = String>> = match value {
                 Some(v) => Box::new(std::iter::once(v)),
                 None => Box::new(produce::stdin_lines()),

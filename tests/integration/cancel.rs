@@ -580,9 +580,10 @@ fn a_large_cancel_topic_loads_and_a_sigterm_interrupts_loading() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Rescheduled records are as punctual as any other: five records due in
-/// 60 s, each moved to 3 s from now by `reschedule` one after another, on
-/// the tick table of the field report (100 ms / 1 s / 10 s).
+/// Rescheduled records are as punctual as any other: ten records due in
+/// 60 s; the instance restarts; each is moved to 3 s from now by the
+/// `kafka-delay reschedule` command, one after another, on the tick table
+/// of the field report (100 ms / 1 s / 10 s).
 #[test]
 fn rescheduled_records_are_delivered_on_time() {
     let _heavy = heavy();
@@ -593,11 +594,11 @@ fn rescheduled_records_are_delivered_on_time() {
         &["100ms", "1s", "10s"],
     );
     let target = &targets[0];
-    let instance = Instance::start("A", &settings);
+    let mut instance = Instance::start("A", &settings);
     instance.wait_ready(Duration::from_secs(30));
     let reader = Reader::start(&settings, &[target]);
     let p = producer(&settings);
-    let n = 5;
+    let n = 10;
     for i in 0..n {
         publish_with_id(
             &p,
@@ -609,14 +610,27 @@ fn rescheduled_records_are_delivered_on_time() {
         );
     }
     std::thread::sleep(Duration::from_secs(3));
+    instance.terminate_and_restart();
+    instance.wait_ready(Duration::from_secs(30));
     let mut dues = Vec::new();
     for i in 0..n {
-        let when = kafka_delay::produce::When::Delay(Duration::from_secs(3));
         let started = std::time::Instant::now();
-        match kafka_delay::reschedule::reschedule(&settings, &format!("move-{i}"), &when).unwrap() {
-            kafka_delay::reschedule::Outcome::Moved { due_ms, .. } => dues.push(due_ms),
-            kafka_delay::reschedule::Outcome::NotPending => panic!("move-{i} not pending"),
-        }
+        let out = std::process::Command::new(crate::faults::BIN)
+            .args(["reschedule", "--id", &format!("move-{i}"), "--delay", "3s"])
+            .envs(settings.env_overrides())
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "move-{i}: {stdout}");
+        // "… moved from <old> to <new RFC 3339>"
+        let new_due = stdout.trim().rsplit(" to ").next().unwrap();
+        let due = humantime::parse_rfc3339(new_due)
+            .unwrap_or_else(|e| panic!("{new_due:?}: {e}"))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        dues.push(due);
         println!("reschedule move-{i}: {:?}", started.elapsed());
     }
     let arrivals = reader.wait(n, Duration::from_secs(30), Duration::from_secs(2));

@@ -449,8 +449,10 @@ fn every_tier_is_shared_evenly_across_joins_and_leaves() {
 
 /// Tier writes that fail in an outage longer than `message.timeout.ms`
 /// are routed again by their due time when retried (not re-sent to the
-/// partition chosen before the outage): every record arrives, none early,
-/// late by about the outage.
+/// partition chosen before the outage): the broker stops just before a
+/// 1 s bucket is released, so the writes of its records into the 100 ms
+/// tier time out; every record arrives, none early, late by about the
+/// outage.
 #[test]
 fn tier_writes_that_time_out_in_an_outage_are_routed_again() {
     let _heavy = heavy();
@@ -469,12 +471,25 @@ fn tier_writes_that_time_out_in_an_outage_are_routed_again() {
     a.wait_ready(Duration::from_secs(30));
     let producer = producer(&settings);
     let reader = Reader::start(&settings, &[target]);
-    let n = 300;
-    publish_numbered(&producer, &settings, target, n, |i| {
-        4_000 + (i * 37) % 8_000
-    });
+    let bucket = now_ms() / 1_000 + 7;
+    let release = bucket * 1_000 - 200;
+    let n = 200;
+    for i in 0..n {
+        // Due 500–900 ms into the bucket: written into the 100 ms tier at
+        // the release.
+        let due = (bucket * 1_000 + 500 + (i as i64 * 7) % 400).to_string();
+        publish(
+            &producer,
+            &settings,
+            Some(&format!("k{i}")),
+            &format!("v{i}"),
+            &[("x-deliver-at", &due), ("x-target-topic", target)],
+        );
+    }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(
+        (release - 300 - now_ms()).max(0) as u64
+    ));
     broker.pause();
     std::thread::sleep(Duration::from_secs(4));
     broker.resume();
@@ -482,4 +497,8 @@ fn tier_writes_that_time_out_in_an_outage_are_routed_again() {
     let retries = a.metric("kafka_delay_produce_retries_total{kind=\"tier\"}");
     println!("tier write retries: {retries:?}");
     Account::of(&settings, target, &arrivals, n).assert_ok("tier writes through an outage", 8_000);
+    assert!(
+        retries.is_some_and(|r| r > 0.0),
+        "no tier write failed: the outage missed the release"
+    );
 }

@@ -356,3 +356,44 @@ fn startup_errors_name_the_key_and_never_print_secrets() {
         begun.elapsed()
     );
 }
+
+/// Scripts can trust the exit codes: a bad `--deliver-at` publishes
+/// nothing and exits 64; `pending --id` for an id no tier holds exits 3.
+#[test]
+fn cli_refuses_a_bad_deliver_at_and_reports_an_id_not_found() {
+    let (settings, targets) = setup("cli", &["target"]);
+    let out = Command::new(BIN)
+        .args([
+            "produce",
+            "--target",
+            &targets[0],
+            "--deliver-at",
+            "garbage",
+            "v",
+        ])
+        .envs(settings.env_overrides())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("nothing was published"), "{stderr}");
+    let published = crate::faults::read_all(&settings, &settings.topics.ingress);
+    assert!(
+        published.is_empty(),
+        "{} records published",
+        published.len()
+    );
+    let out = Command::new(BIN)
+        .args(["pending", "--id", "nobody"])
+        .envs(settings.env_overrides())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -291,30 +291,8 @@ fn a_hundred_thousand_outstanding_cancellations_cost_little_memory() {
     instance.wait_ready(Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(2));
     let before = rss_kib(instance.pid());
-    let p = producer(&settings);
     let n = 100_000;
-    let now = now_ms();
-    for i in 0..n {
-        let value = format!(r#"{{"before": {now}, "until": {}}}"#, now + 3_600_000);
-        let key = format!("order-{i:08}");
-        let mut record = rdkafka::producer::BaseRecord::<str, str>::to(&settings.topics.cancel)
-            .key(&key)
-            .payload(&value);
-        while let Err((e, back)) = p.send(record) {
-            assert!(
-                matches!(
-                    e,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull
-                    )
-                ),
-                "{e}"
-            );
-            record = back;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    rdkafka::producer::Producer::flush(&p, Duration::from_secs(60)).unwrap();
+    publish_cancellations(&settings, n);
     assert!(
         wait_until(Duration::from_secs(60), || instance
             .metric("kafka_delay_cancellations_outstanding")

@@ -165,17 +165,9 @@ fn a_broker_stall_at_a_release_does_not_cost_a_turn() {
     let bucket = now_ms() / 1_000 + 7;
     let release = bucket * 1_000 - 200;
     let n = 100;
-    for i in 0..n {
-        let due = (bucket * 1_000 + (i as i64 * 9) % 900).to_string();
-        publish(
-            &producer,
-            &settings,
-            Some(&format!("k{i}")),
-            &format!("v{i}"),
-            &[("x-deliver-at", &due), ("x-target-topic", target)],
-        );
-    }
-    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    publish_due_at(&producer, &settings, target, n, |i| {
+        bucket * 1_000 + (i as i64 * 9) % 900
+    });
     std::thread::sleep(Duration::from_millis(
         (release - 1_000 - now_ms()).max(0) as u64
     ));
@@ -474,19 +466,11 @@ fn tier_writes_that_time_out_in_an_outage_are_routed_again() {
     let bucket = now_ms() / 1_000 + 7;
     let release = bucket * 1_000 - 200;
     let n = 200;
-    for i in 0..n {
-        // Due 500–900 ms into the bucket: written into the 100 ms tier at
-        // the release.
-        let due = (bucket * 1_000 + 500 + (i as i64 * 7) % 400).to_string();
-        publish(
-            &producer,
-            &settings,
-            Some(&format!("k{i}")),
-            &format!("v{i}"),
-            &[("x-deliver-at", &due), ("x-target-topic", target)],
-        );
-    }
-    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    // Due 500–900 ms into the bucket: written into the 100 ms tier at the
+    // release.
+    publish_due_at(&producer, &settings, target, n, |i| {
+        bucket * 1_000 + 500 + (i as i64 * 7) % 400
+    });
     std::thread::sleep(Duration::from_millis(
         (release - 300 - now_ms()).max(0) as u64
     ));
@@ -501,4 +485,26 @@ fn tier_writes_that_time_out_in_an_outage_are_routed_again() {
         retries.is_some_and(|r| r > 0.0),
         "no tier write failed: the outage missed the release"
     );
+}
+
+/// Publishes records `v0..v{n}` (keys `k0..`) due at `due_ms(i)` (epoch ms)
+/// for `target`, and waits until the broker has them.
+fn publish_due_at(
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    settings: &kafka_delay::config::Settings,
+    target: &str,
+    n: usize,
+    due_ms: impl Fn(usize) -> i64,
+) {
+    for i in 0..n {
+        let due = due_ms(i).to_string();
+        publish(
+            producer,
+            settings,
+            Some(&format!("k{i}")),
+            &format!("v{i}"),
+            &[("x-deliver-at", &due), ("x-target-topic", target)],
+        );
+    }
+    rdkafka::producer::Producer::flush(producer, Duration::from_secs(10)).unwrap();
 }

@@ -204,21 +204,30 @@ impl ConsumerLoop {
                     if self.may_hold(tier, place.slot, &env, release, now) {
                         return Some((release, env.due_ms));
                     }
-                    // Routing would not put it here now: a forged record, or
-                    // one written for a later turn than its slot holds next.
-                    // Held, it would make the records behind it wait a whole
-                    // turn; moved now to where routing puts it (a higher
-                    // tier, a roll-over, another bucket), it never comes
-                    // straight back.
-                    tracing::warn!(
-                        topic = self.topic,
-                        partition = p,
-                        offset = msg.offset(),
-                        release,
-                        due = env.due_ms,
-                        "tier record routing would not put here: re-routed instead of held"
-                    );
-                    self.shared.metrics.later_turn(tier);
+                    // Routing would not put it here now. Either it is close
+                    // enough to move down already (read early: moved now
+                    // rather than at its release), or it is a forged record
+                    // or one written for a later turn than its slot holds
+                    // next: held, it would make the records behind it wait a
+                    // whole turn. Moved to where routing puts it, it never
+                    // comes straight back.
+                    if self.moves_on_normally(tier, &env, now) {
+                        tracing::debug!(
+                            partition = p,
+                            offset = msg.offset(),
+                            "tier record read early moves down now"
+                        );
+                    } else {
+                        tracing::warn!(
+                            topic = self.topic,
+                            partition = p,
+                            offset = msg.offset(),
+                            release,
+                            due = env.due_ms,
+                            "tier record of a later turn than its slot holds next: re-routed instead of held"
+                        );
+                        self.shared.metrics.later_turn(tier);
+                    }
                     return self.route_tier_record(msg, tier, Ok(env), now);
                 }
                 if self
@@ -258,6 +267,19 @@ impl ConsumerLoop {
                 ..
             } if t == tier => release <= self.table.next_turn_release(tier, slot, now),
             _ => false,
+        }
+    }
+
+    /// Whether routing now moves a record of `tier` on the normal way: to a
+    /// lower tier, the timer or its target, or — a roll-over — to a later
+    /// bucket of its own tier. (Not normal: a higher tier, or an earlier
+    /// bucket than the one it was written to.)
+    fn moves_on_normally(&self, tier: usize, env: &Envelope<'_>, now: i64) -> bool {
+        match self.table.route(now, env.due_ms) {
+            Route::Tier {
+                tier: t, bucket, ..
+            } => t < tier || (t == tier && Some(bucket) > env.bucket),
+            Route::Timer | Route::Deliver => true,
         }
     }
 

@@ -525,6 +525,8 @@ fn forged_tier_records_are_dead_lettered_without_blocking_their_partition() {
 /// it is delivered on time, and it is delivered at its own due time.
 #[test]
 fn a_record_of_the_next_turn_does_not_hold_back_the_current_one() {
+    // Asserts lateness: not beside the scenarios that load the machine.
+    let _heavy = crate::faults::heavy();
     let (settings, targets) = setup("nextturn", &["target"]);
     let target = &targets[0];
     let _service = Service::start(&settings);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kafka_delay::config::Settings;
 use rdkafka::Message;
 
-use crate::faults::{wait_until, Instance};
+use crate::faults::{heavy, wait_until, Instance};
 use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kafka-delay");
@@ -36,6 +36,8 @@ fn wait_ready_on(settings: &Settings) {
 
 #[test]
 fn killing_the_service_mid_run_loses_nothing() {
+    // Service processes: not beside the timing-sensitive scenarios.
+    let _heavy = heavy();
     let (settings, targets) = setup("restart", &["target"]);
     let target = &targets[0];
     let mut first = Instance::start("first", &settings);
@@ -93,6 +95,8 @@ fn bad_configuration_exits_64_naming_the_key() {
 
 #[test]
 fn metrics_and_probes_are_served_and_move() {
+    // Service processes: not beside the timing-sensitive scenarios.
+    let _heavy = heavy();
     let (mut settings, targets) = setup("metrics", &["target"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -172,6 +176,8 @@ fn metrics_and_probes_are_served_and_move() {
 
 #[test]
 fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
+    // Service processes: not beside the timing-sensitive scenarios.
+    let _heavy = heavy();
     let (mut settings, targets) = setup("produce", &["target"]);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -264,6 +270,8 @@ fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
 
 #[test]
 fn two_instances_share_the_wheel_and_survive_losing_one() {
+    // Service processes: not beside the timing-sensitive scenarios.
+    let _heavy = heavy();
     let (settings, targets) = setup("failover", &["target"]);
     let target = &targets[0];
     let mut first = Instance::start("first", &settings);

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use humantime_serde::Serde;
@@ -152,7 +152,7 @@ impl Default for TopicSettings {
 pub struct WheelSettings {
     /// Tier ticks, ascending, each more than twice the previous. In an
     /// environment override: comma-separated (`100ms,1s,10s`).
-    #[serde(deserialize_with = "durations_or_list")]
+    #[serde(deserialize_with = "load::durations_or_list")]
     pub ticks: Vec<Serde<Duration>>,
     /// Longest accepted delay; longer ones are dead-lettered.
     pub max_delay: Serde<Duration>,
@@ -311,178 +311,11 @@ pub fn tick_label(tick_ms: i64) -> String {
         .unwrap_or_else(|| format!("{tick_ms}ms"))
 }
 
-/// A list of durations from a TOML array or from one comma-separated
-/// string (an environment override).
-fn durations_or_list<'de, D>(deserializer: D) -> Result<Vec<Serde<Duration>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Ticks {
-        List(Vec<Serde<Duration>>),
-        Text(String),
-    }
-    match Ticks::deserialize(deserializer)? {
-        Ticks::List(list) => Ok(list),
-        Ticks::Text(text) => text
-            .split(',')
-            .map(|part| {
-                humantime::parse_duration(part.trim())
-                    .map(Serde::from)
-                    .map_err(|e| serde::de::Error::custom(format!("tick {part:?}: {e}")))
-            })
-            .collect(),
-    }
-}
-
-/// The position and message of a TOML syntax error, without the text of
-/// the line (it may hold a password).
-fn toml_syntax_error(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim();
-    match error.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("TOML syntax error at line {line}, column {column}: {message}")
-        }
-        None => format!("TOML syntax error: {message}"),
-    }
-}
-
 fn ms(d: &Serde<Duration>) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Settings {
-    /// Loads defaults, then `path` (TOML) if given, then environment
-    /// overrides `KAFKA_DELAY__SECTION__KEY` (lists comma-separated), and
-    /// validates the result.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(path, None)
-    }
-
-    /// [`Settings::load`] with the environment given as a map (`None`: the
-    /// process environment).
-    ///
-    /// Environment values stay strings as written (`007` is not `7`,
-    /// `True` is not `true`): a field converts its own string when it is a
-    /// number, a flag or a duration, and free text — topic names, client
-    /// properties, passwords — reaches the service verbatim. A TOML syntax
-    /// error is reported by line and column without quoting the line, which
-    /// may hold a secret.
-    pub fn load_from(
-        path: Option<&Path>,
-        env: Option<config::Map<String, String>>,
-    ) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = path {
-            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::File {
-                path: path.to_owned(),
-                problem: error.to_string(),
-            })?;
-            if let Err(error) = text.parse::<toml::Table>() {
-                return Err(ConfigError::File {
-                    path: path.to_owned(),
-                    problem: toml_syntax_error(&text, &error),
-                });
-            }
-            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("KAFKA_DELAY")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(false)
-                .source(env),
-        );
-        let mut settings: Settings = builder.build()?.try_deserialize()?;
-        settings.normalize_properties();
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// Environment overrides (`KAFKA_DELAY__…`) that reproduce these
-    /// settings' connection, topics, wheel and HTTP keys and the consumer
-    /// properties: how a child process or a container is configured without
-    /// a file.
-    pub fn env_overrides(&self) -> Vec<(String, String)> {
-        let ticks: Vec<String> = self
-            .wheel
-            .ticks
-            .iter()
-            .map(|t| format!("{}ms", t.as_millis()))
-            .collect();
-        let mut env = vec![
-            (
-                "KAFKA__BOOTSTRAP_SERVERS",
-                self.kafka.bootstrap_servers.clone(),
-            ),
-            ("KAFKA__GROUP_ID", self.kafka.group_id.clone()),
-            ("TOPICS__INGRESS", self.topics.ingress.clone()),
-            ("TOPICS__DEAD_LETTER", self.topics.dead_letter.clone()),
-            ("TOPICS__CANCEL", self.topics.cancel.clone()),
-            ("TOPICS__TIER_PREFIX", self.topics.tier_prefix.clone()),
-            ("WHEEL__TICKS", ticks.join(",")),
-            ("WHEEL__TOP_SLOTS", self.wheel.top_slots.to_string()),
-            (
-                "WHEEL__MAX_CLOCK_SKEW",
-                format!("{}ms", self.wheel.max_clock_skew.as_millis()),
-            ),
-            (
-                "WHEEL__REPLICATION_FACTOR",
-                self.wheel.replication_factor.to_string(),
-            ),
-            (
-                "DELIVERY__MODE",
-                if self.delivery.exactly_once() {
-                    "exactly_once"
-                } else {
-                    "at_least_once"
-                }
-                .to_owned(),
-            ),
-            (
-                "SERVICE__STARTUP_TIMEOUT",
-                format!("{}ms", self.service.startup_timeout.as_millis()),
-            ),
-            ("HTTP__ENABLED", self.http.enabled.to_string()),
-            ("HTTP__BIND", self.http.bind.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (format!("KAFKA_DELAY__{k}"), v))
-        .collect::<Vec<_>>();
-        if let Some(id) = &self.delivery.instance_id {
-            env.push(("KAFKA_DELAY__DELIVERY__INSTANCE_ID".to_owned(), id.clone()));
-        }
-        for (section, map) in [
-            ("PROPERTIES", &self.kafka.properties),
-            ("CONSUMER_PROPERTIES", &self.kafka.consumer_properties),
-            ("PRODUCER_PROPERTIES", &self.kafka.producer_properties),
-        ] {
-            for (k, v) in map {
-                let key = k.replace('.', "_").to_uppercase();
-                env.push((format!("KAFKA_DELAY__KAFKA__{section}__{key}"), v.clone()));
-            }
-        }
-        env
-    }
-
-    /// Environment overrides cannot spell `.` in a key: read `_` as `.`.
-    fn normalize_properties(&mut self) {
-        for map in [
-            &mut self.kafka.properties,
-            &mut self.kafka.consumer_properties,
-            &mut self.kafka.producer_properties,
-        ] {
-            *map = std::mem::take(map)
-                .into_iter()
-                .map(|(k, v)| (k.replace('_', "."), v))
-                .collect();
-        }
-    }
-
     /// Checks that the configuration can work; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.kafka.bootstrap_servers.trim().is_empty() {
@@ -717,6 +550,7 @@ fn check_topic_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
 }
 
 mod delivery;
+mod load;
 
 pub use delivery::{DeliveryMode, DeliverySettings};
 

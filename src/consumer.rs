@@ -28,6 +28,7 @@ mod flow;
 mod order;
 mod rebalance;
 mod records;
+mod reroute;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,6 +2,7 @@
 
 use super::*;
 use std::io::Write;
+use std::path::Path;
 
 fn write_toml(text: &str) -> tempfile_path::TempToml {
     tempfile_path::TempToml::new(text)

@@ -12,7 +12,7 @@ use super::order::Poison;
 use super::rebalance::RebalanceEvent;
 use super::{ConsumerLoop, Role};
 use crate::envelope::{self, Envelope, EnvelopeError, TierSlot};
-use crate::forwarder::{Inflight, OwnedRecord, Record};
+use crate::forwarder::Record;
 use crate::ledger::Ticket;
 use crate::metrics::{Outcome, Source};
 use crate::native::RecordHeaders;
@@ -252,37 +252,6 @@ impl ConsumerLoop {
         self.route_tier_record(msg, tier, env, now)
     }
 
-    /// Whether a tier record not yet released may be held as its
-    /// partition's head: routing would put it in this very bucket now, or
-    /// it is a roll-over (beyond the top tier's horizon) waiting for a turn
-    /// of its slot no later than the next. Anything else is moved on.
-    fn may_hold(&self, tier: usize, slot: i64, env: &Envelope<'_>, release: i64, now: i64) -> bool {
-        match self.table.route(now, env.due_ms) {
-            Route::Tier {
-                tier: t, bucket, ..
-            } if t == tier && Some(bucket) == env.bucket => true,
-            Route::Tier {
-                tier: t,
-                rollover: true,
-                ..
-            } if t == tier => release <= self.table.next_turn_release(tier, slot, now),
-            _ => false,
-        }
-    }
-
-    /// Whether routing now moves a record of `tier` on the normal way: to a
-    /// lower tier, the timer or its target, or — a roll-over — to a later
-    /// bucket of its own tier. (Not normal: a higher tier, or an earlier
-    /// bucket than the one it was written to.)
-    fn moves_on_normally(&self, tier: usize, env: &Envelope<'_>, now: i64) -> bool {
-        match self.table.route(now, env.due_ms) {
-            Route::Tier {
-                tier: t, bucket, ..
-            } => t < tier || (t == tier && Some(bucket) > env.bucket),
-            Route::Timer | Route::Deliver => true,
-        }
-    }
-
     /// Routes (or dead-letters) a tier record that is not held.
     fn route_tier_record<M: Record + Message + ToOwnedMessage>(
         &mut self,
@@ -385,7 +354,7 @@ impl ConsumerLoop {
 
     /// Whether a cancellation names this record (checked before every
     /// forward and tier write; records without an id skip the look-up).
-    fn is_cancelled(&self, env: &Envelope<'_>) -> bool {
+    pub(super) fn is_cancelled(&self, env: &Envelope<'_>) -> bool {
         let Some(id) = env.id else {
             return false;
         };
@@ -457,46 +426,6 @@ impl ConsumerLoop {
         self.failures.resend_due(&mut self.forwarder, now);
         if self.forwarder.queue_full() {
             self.forwarder.drain_overflow();
-        }
-    }
-
-    /// A failed tier write whose back-off ended: routed again by its due
-    /// time — to the tier and bucket routing picks now, to its target when
-    /// due (kept until then when it is due within the due-soon window), or
-    /// dropped when a cancellation names it.
-    fn retry_tier_write(&mut self, record: OwnedRecord, inflight: Inflight, now: i64) {
-        let view = record.header_view();
-        let Ok(env) = envelope::parse_tier_headers(view.iter(), &self.policy) else {
-            // Not one of ours after all: as it was.
-            return self.forwarder.resend(record, inflight);
-        };
-        if self.is_cancelled(&env) {
-            self.shared.metrics.cancelled();
-            self.ledger.acknowledge(inflight.ticket);
-            return;
-        }
-        let from = self.role.source();
-        match self.table.route(now, env.due_ms) {
-            Route::Deliver => {
-                self.forwarder
-                    .to_target(&record, &env, from, inflight.ticket, now);
-            }
-            Route::Timer => {
-                let due = env.due_ms;
-                self.failures.wait_until(record, inflight, due);
-            }
-            Route::Tier { tier, bucket, .. } => {
-                let slot = self.table.slot(tier, bucket);
-                let lane = key_lane(record.key.as_deref(), self.lanes, 0);
-                let partition = self.table.partition(tier, slot, lane);
-                self.forwarder.to_tier(
-                    &record,
-                    &env,
-                    (tier, bucket, partition),
-                    inflight.ticket,
-                    now,
-                );
-            }
         }
     }
 

@@ -368,7 +368,6 @@ fn cancellations_under_sustained_load_are_never_missed() {
         let owed = (start.elapsed().as_millis() as u64 * rate / 1_000) as usize;
         while i < owed {
             let delay = rng.i64(0..max_delay);
-            let sent = now_ms();
             let (delay_text, id) = (delay.to_string(), format!("order-{i}"));
             publish(
                 &p,
@@ -381,6 +380,10 @@ fn cancellations_under_sustained_load_are_never_missed() {
                     ("x-delay-id", &id),
                 ],
             );
+            // Read after the publish: never earlier than the record's own
+            // timestamp (stamped inside `publish`), so `sent < before`
+            // means the record is covered.
+            let sent = now_ms();
             due_of.push(sent + delay);
             sent_of.push(sent);
             recent.push_back((i, sent, sent + delay));

@@ -327,7 +327,13 @@ fn cancellations_under_sustained_load_are_never_missed() {
     let _heavy = heavy();
     let names: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (mut settings, targets) = setup("cancelsoak", &names);
+    // A broker of its own: 60,000 records and 20 targets would otherwise
+    // stay in the shared broker's memory for the rest of the suite.
+    let broker = (!external_cluster()).then(PrivateBroker::memory);
+    let bootstrap = broker
+        .as_ref()
+        .map_or_else(bootstrap, |b| b.bootstrap.clone());
+    let (mut settings, targets) = setup_on(&bootstrap, "cancelsoak", &names, &TICKS);
     settings.wheel.top_slots = env_number("KD_CANCEL_SOAK_TOP_SLOTS", 3);
     // Tier partitions follow the slot count: apply the topics again.
     let targets = if settings.wheel.top_slots != 3 {
@@ -533,7 +539,13 @@ fn publish_cancellations(settings: &kafka_delay::config::Settings, n: usize) {
 #[test]
 fn a_large_cancel_topic_loads_and_a_sigterm_interrupts_loading() {
     let _heavy = heavy();
-    let (mut settings, _) = setup("cancelload", &[]);
+    // A broker of its own: 300,000 cancellations would otherwise stay in
+    // the shared broker's memory for the rest of the suite.
+    let broker = (!external_cluster()).then(PrivateBroker::memory);
+    let bootstrap = broker
+        .as_ref()
+        .map_or_else(bootstrap, |b| b.bootstrap.clone());
+    let (mut settings, _) = setup_on(&bootstrap, "cancelload", &[], &TICKS);
     settings.service.startup_timeout = Duration::from_millis(1_000).into();
     let n = 300_000;
     publish_cancellations(&settings, n);

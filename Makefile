@@ -63,9 +63,12 @@ fuzz:
 memcheck: deps memcheck-deps broker
 	RUST_BACKTRACE=0 cargo test -p kafka-delay --test integration memcheck -- --ignored --nocapture
 
+## Format, clippy, and the documentation with its links checked (private
+## items included: the engine is crate-private and documented for newcomers).
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items
 
 ## Benchmark against a raw rdkafka copy on the same local broker (release build).
 bench: deps broker quick-broker

@@ -15,10 +15,14 @@ use regex::Regex;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::envelope::{is_valid_topic_name, TargetPolicy};
+use crate::model::envelope::{is_valid_topic_name, TargetPolicy};
 use crate::wheel::{TierTable, WheelError};
 
 /// A configuration that cannot be loaded or cannot work.
+///
+/// Each variant's `#[error]` message is its documentation: what happened,
+/// with the fix where there is one (docs/architecture.md, "Errors").
+#[allow(missing_docs)]
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read configuration: {0}")]
@@ -45,12 +49,19 @@ fn invalid(key: &'static str, problem: impl Into<String>, fix: impl Into<String>
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
+    /// `[kafka]`: bootstrap servers and librdkafka properties.
     pub kafka: KafkaSettings,
+    /// `[topics]`: topic names and target rules.
     pub topics: TopicSettings,
+    /// `[wheel]`: ticks, slots and lead time of the tiers.
     pub wheel: WheelSettings,
+    /// `[service]`: limits, intervals and timeouts of the loops.
     pub service: ServiceSettings,
+    /// `[delivery]`: at-least-once or exactly-once.
     pub delivery: DeliverySettings,
+    /// `[http]`: the metrics and probe endpoints.
     pub http: HttpSettings,
+    /// `[log]`: level and format.
     pub log: LogSettings,
 }
 
@@ -116,10 +127,12 @@ impl Default for KafkaSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicSettings {
+    /// The topic producers publish delayed records to (default `delay.ingress`).
     pub ingress: String,
+    /// Where records that cannot be delivered go, with a reason header (default `delay.dead-letter`).
     pub dead_letter: String,
     /// Compacted topic of cancellations, keyed by `x-delay-id`
-    /// ([`crate::cancel`]).
+    /// ([`crate::engine::cancellations`]).
     pub cancel: String,
     /// Tier topics are `tier_prefix` + tick label (`delay.1s`, `delay.50ms`).
     pub tier_prefix: String,
@@ -254,6 +267,7 @@ impl Default for ServiceSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
+    /// Serve `/metrics`, `/healthz` and `/readyz` (default true).
     pub enabled: bool,
     /// `host:port` to listen on.
     pub bind: String,
@@ -291,7 +305,9 @@ impl Default for LogSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 

@@ -7,16 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cancel::{CancelReader, Cancellations};
-use crate::clock::OffsetEstimator;
 use crate::config::Settings;
-use crate::consumer::{ConsumerLoop, EngineError, Limits, Role, Shared};
-use crate::health::Health;
-use crate::metrics::Metrics;
-use crate::topics::{self, Spec, TopicsError};
-use crate::{config, http, shutdown};
+use crate::engine::cancellations::{CancelReader, Cancellations};
+use crate::engine::{ConsumerLoop, EngineError, Limits, Role, Shared};
+use crate::kafka::topics::{self, Spec, TopicsError};
+use crate::model::clock::OffsetEstimator;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::{config, ops::http, ops::shutdown};
 
 /// Start-up or run-time failure of the service.
+///
+/// Each variant's `#[error]` message is its documentation: what happened,
+/// with the fix where there is one (docs/architecture.md, "Errors").
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
@@ -29,7 +33,7 @@ pub enum ServiceError {
         error: std::io::Error,
     },
     #[error(transparent)]
-    Cancel(#[from] crate::cancel::ReaderError),
+    Cancel(#[from] crate::engine::cancellations::ReaderError),
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
     #[error("a consumer loop panicked (see the log above); the other loops were stopped")]
@@ -136,7 +140,7 @@ pub fn run_with(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 ) -> Result<(), ServiceError> {
-    crate::native::check_librdkafka_version().map_err(ServiceError::Librdkafka)?;
+    crate::kafka::native::check_librdkafka_version().map_err(ServiceError::Librdkafka)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -18,7 +18,7 @@ pub enum DeliveryMode {
     AtLeastOnce,
     /// Every write and the source offsets it consumed are committed in one
     /// Kafka transaction (`send_offsets_to_transaction`); see
-    /// [`crate::transaction`].
+    /// [`crate::delivery::exactly_once`].
     ExactlyOnce,
 }
 
@@ -27,6 +27,7 @@ pub enum DeliveryMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliverySettings {
+    /// At-least-once (default) or exactly-once.
     pub mode: DeliveryMode,
     /// A transaction commits once this many records were written in it…
     pub transaction_max_records: usize,

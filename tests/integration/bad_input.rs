@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use kafka_delay::consumer::now_ms;
-use kafka_delay::envelope;
-use kafka_delay::native::{self, OutHeaders, TopicHandle};
+use kafka_delay::kafka::native::{self, NativeProducer, OutHeaders};
+use kafka_delay::model::clock::now_ms;
+use kafka_delay::model::envelope;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::Message;
 
@@ -36,26 +36,23 @@ fn publish_raw_at(
     value: &[u8],
     headers: &[RawHeader<'_>],
 ) {
-    let rk = p.client().native_ptr();
-    // SAFETY: the handle is used with the producer it was made for, which
-    // outlives it; the producer's context ignores the opaque.
-    unsafe {
-        let handle = TopicHandle::new(rk, topic).unwrap();
-        let mut out = OutHeaders::with_capacity(headers.len());
-        for (k, v) in headers {
-            out.add(k, *v);
-        }
-        let record = native::Outgoing {
-            topic: &handle,
-            partition,
-            key: Some(key),
-            value: Some(value),
-            timestamp_ms,
-            headers: out,
-            opaque: 0,
-        };
-        native::produce(rk, record).map_err(|(e, _)| e).unwrap();
+    let mut out = OutHeaders::with_capacity(headers.len());
+    for (k, v) in headers {
+        out.add(k, *v);
     }
+    let record = native::Outgoing {
+        partition,
+        key: Some(key),
+        value: Some(value),
+        timestamp_ms,
+        headers: out,
+        opaque: 0,
+    };
+    // Another handle on the same producer: records published through `p`
+    // before this one stay ahead of it.
+    let mut native = NativeProducer::new(p.clone());
+    native.produce(topic, record).map_err(|(e, _)| e).unwrap();
+    drop(native);
     p.flush(Duration::from_secs(10)).unwrap();
 }
 

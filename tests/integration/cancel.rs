@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use kafka_delay::cancel;
-use kafka_delay::consumer::now_ms;
+use kafka_delay::cli::cancel;
+use kafka_delay::model::clock::now_ms;
 
 use crate::faults::*;
 use crate::helpers::*;
@@ -143,7 +143,7 @@ fn an_invalid_id_is_dead_lettered_with_its_reason() {
     let a = Instance::start("A", &settings);
     a.wait_ready(Duration::from_secs(30));
     let dlq = Reader::start(&settings, &[settings.topics.dead_letter.as_str()]);
-    let long = "i".repeat(cancel::ID_MAX_BYTES + 1);
+    let long = "i".repeat(kafka_delay::model::cancel::ID_MAX_BYTES + 1);
     let p = producer(&settings);
     publish_with_id(&p, &settings, target, Some(&long), "too-long", 0);
     let dead = dlq.wait(1, Duration::from_secs(20), Duration::from_secs(1));
@@ -187,13 +187,13 @@ fn pending_counts_what_the_tiers_hold_and_finds_a_record_by_id() {
     // Every record routed into a tier, and the ingress offsets committed.
     let mut scan = None;
     let counted = wait_until(Duration::from_secs(15), || {
-        let s = kafka_delay::pending::scan(&settings, Some("p-7"), |_, _| {}).unwrap();
+        let s = kafka_delay::cli::pending::scan(&settings, Some("p-7"), |_, _| {}).unwrap();
         let done = s.total == (n_a + n_b) as u64;
         scan = Some(s);
         done
     });
     let scan = scan.unwrap();
-    println!("{}", kafka_delay::pending::render(&scan, Some("p-7")));
+    println!("{}", kafka_delay::cli::pending::render(&scan, Some("p-7")));
     assert!(counted, "pending counted {} of {}", scan.total, n_a + n_b);
     assert_eq!(scan.by_target.get(ta.as_str()), Some(&(n_a as u64)));
     assert_eq!(scan.by_target.get(tb.as_str()), Some(&(n_b as u64)));
@@ -207,7 +207,7 @@ fn pending_counts_what_the_tiers_hold_and_finds_a_record_by_id() {
     let in_histogram: u64 = scan.histogram.iter().map(|(_, n)| n).sum();
     assert_eq!(in_histogram, scan.total);
     assert!(
-        kafka_delay::pending::scan(&settings, Some("nobody"), |_, _| {})
+        kafka_delay::cli::pending::scan(&settings, Some("nobody"), |_, _| {})
             .unwrap()
             .found
             .is_none()
@@ -227,10 +227,10 @@ fn reschedule_moves_a_record_earlier_and_later_and_delivers_it_once() {
     publish_with_id(&p, &settings, target, Some("late"), "to-later", 6_000);
     std::thread::sleep(Duration::from_millis(1_500));
     let moved = |id: &str, delay_ms: u64| {
-        let when = kafka_delay::produce::When::Delay(Duration::from_millis(delay_ms));
-        match kafka_delay::reschedule::reschedule(&settings, id, &when).unwrap() {
-            kafka_delay::reschedule::Outcome::Moved { due_ms, .. } => due_ms,
-            kafka_delay::reschedule::Outcome::NotPending => panic!("{id} not pending"),
+        let when = kafka_delay::cli::produce::When::Delay(Duration::from_millis(delay_ms));
+        match kafka_delay::cli::reschedule::reschedule(&settings, id, &when).unwrap() {
+            kafka_delay::cli::reschedule::Outcome::Moved { due_ms, .. } => due_ms,
+            kafka_delay::cli::reschedule::Outcome::NotPending => panic!("{id} not pending"),
         }
     };
     let earlier_due = moved("early", 3_000);
@@ -261,10 +261,10 @@ fn reschedule_moves_a_record_earlier_and_later_and_delivers_it_once() {
         Some(2.0)
     );
     // Nothing left to move.
-    let when = kafka_delay::produce::When::Delay(Duration::from_secs(1));
+    let when = kafka_delay::cli::produce::When::Delay(Duration::from_secs(1));
     assert!(matches!(
-        kafka_delay::reschedule::reschedule(&settings, "early", &when).unwrap(),
-        kafka_delay::reschedule::Outcome::NotPending
+        kafka_delay::cli::reschedule::reschedule(&settings, "early", &when).unwrap(),
+        kafka_delay::cli::reschedule::Outcome::NotPending
     ));
 }
 

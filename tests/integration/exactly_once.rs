@@ -122,7 +122,7 @@ fn exactly_once_delivers_every_tier_once_never_early() {
         .iter()
         .map(|a| {
             let due: i64 = a
-                .header(kafka_delay::envelope::SCHEDULED_AT)
+                .header(kafka_delay::model::envelope::SCHEDULED_AT)
                 .unwrap()
                 .parse()
                 .unwrap();
@@ -162,9 +162,9 @@ fn print_duplicates(arrivals: &[Arrival]) {
                 a.value(),
                 a.msg.partition(),
                 a.msg.offset(),
-                kafka_delay::clock::rfc3339_ms(a.seen_ms),
-                a.header(kafka_delay::envelope::SCHEDULED_AT),
-                a.header(kafka_delay::envelope::ORIGINAL_TIMESTAMP),
+                kafka_delay::model::clock::rfc3339_ms(a.seen_ms),
+                a.header(kafka_delay::model::envelope::SCHEDULED_AT),
+                a.header(kafka_delay::model::envelope::ORIGINAL_TIMESTAMP),
             );
         }
     }
@@ -229,8 +229,8 @@ fn chaos(test: &str, rounds: usize, fault: fn(&mut Instance)) -> (usize, usize, 
     let counts = count_values(&arrivals);
     if counts.len() < n {
         // Where the missing records are: still in a tier, or gone.
-        let scan = kafka_delay::pending::scan(&settings, None, |_, _| {}).unwrap();
-        println!("{}", kafka_delay::pending::render(&scan, None));
+        let scan = kafka_delay::cli::pending::scan(&settings, None, |_, _| {}).unwrap();
+        println!("{}", kafka_delay::cli::pending::render(&scan, None));
         // Read the target again from the start (TESTING.md): a record there
         // was skipped by the reader, not lost by the service. It must still
         // carry a delivery stamp at or after its due time.
@@ -248,7 +248,7 @@ fn chaos(test: &str, rounds: usize, fault: fn(&mut Instance)) -> (usize, usize, 
                 continue;
             }
             let due: i64 = a
-                .header(kafka_delay::envelope::SCHEDULED_AT)
+                .header(kafka_delay::model::envelope::SCHEDULED_AT)
                 .unwrap()
                 .parse()
                 .unwrap();
@@ -316,8 +316,8 @@ fn exactly_once_on_a_broker_without_transactions_stops_start_up_naming_the_key()
     let (mut settings, _) = setup("eos-refused", &[]);
     settings.delivery.mode = DeliveryMode::ExactlyOnce;
     let labels = kafka_delay::service::tier_labels(&settings).unwrap();
-    let metrics = std::sync::Arc::new(kafka_delay::metrics::Metrics::new(&labels));
-    let health = std::sync::Arc::new(kafka_delay::health::Health::new(
+    let metrics = std::sync::Arc::new(kafka_delay::ops::metrics::Metrics::new(&labels));
+    let health = std::sync::Arc::new(kafka_delay::ops::health::Health::new(
         &kafka_delay::service::loop_names(&settings).unwrap(),
     ));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -379,10 +379,12 @@ fn exactly_once_dead_letters_a_record_that_cannot_be_written_and_moves_on() {
     );
     assert_eq!(dead.len(), 1, "one dead letter");
     let letter = &dead[0];
-    let error = letter.header(kafka_delay::envelope::ERROR).unwrap();
+    let error = letter.header(kafka_delay::model::envelope::ERROR).unwrap();
     assert!(error.contains("too large"), "{error}");
     assert!(
-        letter.header(kafka_delay::envelope::TRUNCATED).is_some(),
+        letter
+            .header(kafka_delay::model::envelope::TRUNCATED)
+            .is_some(),
         "the dead letter was cut down to fit"
     );
     let aborted = service.metrics.transactions_aborted_total();
@@ -481,7 +483,7 @@ fn exactly_once_dead_letters_only_the_record_whose_write_failed() {
         "failed write in a transaction: {} of {n} delivered, dead letters {dead_values:?} ({:?}), {} transactions aborted",
         n - missing.len(),
         dead.iter()
-            .map(|a| a.header(kafka_delay::envelope::ERROR).unwrap_or_default())
+            .map(|a| a.header(kafka_delay::model::envelope::ERROR).unwrap_or_default())
             .map(|e| e.chars().take(80).collect::<String>())
             .collect::<Vec<_>>(),
         service.metrics.transactions_aborted_total()

@@ -451,7 +451,7 @@ impl Account {
         let mut lateness_ms = Vec::new();
         let mut early = 0;
         for a in arrivals {
-            let Some(scheduled) = a.header(kafka_delay::envelope::SCHEDULED_AT) else {
+            let Some(scheduled) = a.header(kafka_delay::model::envelope::SCHEDULED_AT) else {
                 continue;
             };
             let late = a.seen_ms - scheduled.parse::<i64>().unwrap();
@@ -546,7 +546,7 @@ pub fn read_all(settings: &Settings, topic: &str) -> Vec<Arrival> {
 }
 
 fn now_ms() -> i64 {
-    kafka_delay::consumer::now_ms()
+    kafka_delay::model::clock::now_ms()
 }
 
 /// Waits until `cond` holds or `timeout` passes; returns whether it held.

@@ -11,10 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kafka_delay::config::Settings;
-use kafka_delay::consumer::now_ms;
-use kafka_delay::health::Health;
-use kafka_delay::metrics::Metrics;
-use kafka_delay::{envelope, kafka, service, topics};
+use kafka_delay::model::clock::now_ms;
+use kafka_delay::ops::health::Health;
+use kafka_delay::ops::metrics::Metrics;
+use kafka_delay::{kafka, kafka::topics, model::envelope, service};
 use kafka_delay_tools::{broker, demo};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};

@@ -18,8 +18,8 @@ mod process;
 use std::time::Duration;
 
 use helpers::*;
-use kafka_delay::consumer::now_ms;
-use kafka_delay::envelope;
+use kafka_delay::model::clock::now_ms;
+use kafka_delay::model::envelope;
 use rdkafka::Message;
 
 /// Lateness bound for assertions: generous, CI machines are loaded; the real
@@ -283,14 +283,14 @@ fn topics_apply_is_idempotent_and_reports_wrong_partition_counts() {
         .enable_all()
         .build()
         .unwrap();
-    let spec = kafka_delay::topics::Spec::load(None).unwrap();
+    let spec = kafka_delay::kafka::topics::Spec::load(None).unwrap();
     let again = runtime
-        .block_on(kafka_delay::topics::apply(&settings, &spec))
+        .block_on(kafka_delay::kafka::topics::apply(&settings, &spec))
         .unwrap();
     assert!(
         again
             .iter()
-            .all(|r| r.status == kafka_delay::topics::Status::Ok),
+            .all(|r| r.status == kafka_delay::kafka::topics::Status::Ok),
         "{again:?}"
     );
 
@@ -299,16 +299,16 @@ fn topics_apply_is_idempotent_and_reports_wrong_partition_counts() {
     let mut changed = settings.clone();
     changed.wheel.partitions_per_slot = 2;
     let drift = runtime
-        .block_on(kafka_delay::topics::apply(&changed, &spec))
+        .block_on(kafka_delay::kafka::topics::apply(&changed, &spec))
         .unwrap();
-    assert!(kafka_delay::topics::has_drift(&drift));
+    assert!(kafka_delay::kafka::topics::has_drift(&drift));
     let line = drift
         .iter()
         .find(|r| r.plan.name.ends_with("50ms"))
         .unwrap()
         .to_string();
     assert!(line.contains("has 23 partitions"), "{line}");
-    let err = kafka_delay::topics::verify(&changed, &spec)
+    let err = kafka_delay::kafka::topics::verify(&changed, &spec)
         .unwrap_err()
         .to_string();
     assert!(err.contains("partitions"), "{err}");

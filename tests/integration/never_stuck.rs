@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use kafka_delay::consumer::now_ms;
+use kafka_delay::model::clock::now_ms;
 
 use crate::faults::*;
 use crate::helpers::*;
@@ -208,7 +208,7 @@ fn records_written_by_a_slow_clock_into_a_released_bucket_arrive_within_bounds()
     let arrivals = reader.wait(n, Duration::from_secs(75), Duration::from_secs(1));
     for a in &arrivals {
         let due: i64 = a
-            .header(kafka_delay::envelope::SCHEDULED_AT)
+            .header(kafka_delay::model::envelope::SCHEDULED_AT)
             .unwrap()
             .parse()
             .unwrap();

@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::broker::LocalBroker;
 use crate::demo::{create_targets, local_settings};
 use kafka_delay::config::{DeliveryMode, Settings};
-use kafka_delay::topics::{self, Spec};
+use kafka_delay::kafka::topics::{self, Spec};
 
 pub use shapes::Shape;
 

@@ -15,9 +15,9 @@ use rdkafka::Message;
 
 use crate::broker::LocalBroker;
 use kafka_delay::config::Settings;
-use kafka_delay::consumer::now_ms;
-use kafka_delay::topics::{self, Spec};
-use kafka_delay::{envelope, kafka, service};
+use kafka_delay::kafka::topics::{self, Spec};
+use kafka_delay::model::clock::now_ms;
+use kafka_delay::{kafka, model::envelope, service};
 
 /// Settings for a single local broker: replication 1, fast group joins and
 /// fetches, tier topics under `prefix`, the given ticks.

@@ -6,7 +6,7 @@
 //! * [`demo`] — `kafka-delay-tools demo` (`make demo`): a broker, the topics,
 //!   the service and records in every tier, with their lateness; also the
 //!   local settings the tests share;
-//! * [`bench`] — `kafka-delay-tools bench` (`make bench`): the service beside
+//! * [`mod@bench`] — `kafka-delay-tools bench` (`make bench`): the service beside
 //!   a raw rdkafka copy, every load shape, scale-out, memory.
 
 pub mod bench;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kafka_delay::config::LogSettings;
-use kafka_delay::telemetry;
+use kafka_delay::ops::telemetry;
 
 /// Developer tools of kafka-delay: `make demo`, `make bench`.
 #[derive(Parser)]

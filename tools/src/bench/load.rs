@@ -11,8 +11,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
 use kafka_delay::config::Settings;
-use kafka_delay::consumer::now_ms;
-use kafka_delay::{envelope, kafka};
+use kafka_delay::model::clock::now_ms;
+use kafka_delay::{kafka, model::envelope};
 
 /// Payload of record `index`: its zero-padded number, padded to `size` bytes.
 pub fn payload(index: usize, size: usize) -> Vec<u8> {

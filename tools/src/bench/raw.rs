@@ -3,7 +3,7 @@
 //! counting acknowledgements; DESIGN §6), with the service's own client
 //! settings (`kafka::consumer_config`, `kafka::producer_config`: the same
 //! fetch waits, linger, idempotence and acks) and the service's own produce
-//! path (`kafka_delay::native`: headers read as bytes and copied with
+//! path (`kafka_delay::kafka::native`: headers read as bytes and copied with
 //! `rd_kafka_header_add`, produced with a topic handle looked up once).
 //! rdkafka's safe API (`BaseRecord` + `OwnedHeaders`, a topic look-up per
 //! send) costs the copy more CPU per record than the service spends
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use kafka_delay::config::Settings;
 use kafka_delay::kafka;
-use kafka_delay::native::{self, OutHeaders, Outgoing, RecordHeaders, TopicHandle};
+use kafka_delay::kafka::native::{NativeProducer, OutHeaders, Outgoing, RecordHeaders};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -46,15 +46,9 @@ pub fn copy(settings: &Settings, source: &str, dest: &str, n: u64) -> Result<(),
     let acked = Arc::new(AtomicU64::new(0));
     let producer: ThreadedProducer<Acks> =
         kafka::producer_config(settings).create_with_context(Acks(acked.clone()))?;
-    let rk = producer.client().native_ptr();
-    // SAFETY: the producer outlives the handle (dropped at the end of this
-    // function, after it).
-    let topic = unsafe { TopicHandle::new(rk, dest) }.ok_or(KafkaError::MessageProduction(
-        RDKafkaErrorCode::UnknownTopic,
-    ))?;
+    let mut producer = NativeProducer::new(producer);
     // Warm-up, as the service is warm when measured: producer id, metadata.
     let warm_up = Outgoing {
-        topic: &topic,
         partition: None,
         key: None,
         value: Some(b"warm-up"),
@@ -62,10 +56,10 @@ pub fn copy(settings: &Settings, source: &str, dest: &str, n: u64) -> Result<(),
         headers: OutHeaders::with_capacity(0),
         opaque: 0,
     };
-    // SAFETY: `rk` is this producer, whose context takes a usize opaque.
-    unsafe { native::produce(rk, warm_up) }
+    producer
+        .produce(dest, warm_up)
         .map_err(|(code, _)| KafkaError::MessageProduction(code))?;
-    producer.flush(Duration::from_secs(30))?;
+    producer.producer().flush(Duration::from_secs(30))?;
     let target = n + 1;
     consumer.subscribe(&[source])?;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -80,7 +74,6 @@ pub fn copy(settings: &Settings, source: &str, dest: &str, n: u64) -> Result<(),
         }
         loop {
             let record = Outgoing {
-                topic: &topic,
                 partition: Some(msg.partition()),
                 key: msg.key(),
                 value: msg.payload(),
@@ -88,16 +81,15 @@ pub fn copy(settings: &Settings, source: &str, dest: &str, n: u64) -> Result<(),
                 headers,
                 opaque: 0,
             };
-            // SAFETY: as for the warm-up record.
-            match unsafe { native::produce(rk, record) } {
+            match producer.produce(dest, record) {
                 Ok(()) => break,
                 Err((RDKafkaErrorCode::QueueFull, back)) => {
                     headers = back;
-                    producer.poll(Duration::from_millis(1));
+                    producer.producer().poll(Duration::from_millis(1));
                 }
                 Err((code, _)) => return Err(KafkaError::MessageProduction(code)),
             }
         }
     }
-    producer.flush(Duration::from_secs(30))
+    producer.producer().flush(Duration::from_secs(30))
 }

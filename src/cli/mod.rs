@@ -1,0 +1,250 @@
+//! The `kafka-delay` command line: one file per command, one exit-code
+//! table ([`exit`]). `main.rs` only calls [`main`].
+//!
+//! * `run` ([`run`]) — the service;
+//! * `topics apply|acls` ([`topics`]);
+//! * `produce` ([`produce`]), `cancel` ([`cancel`]), `pending`
+//!   ([`pending`]), `reschedule` ([`reschedule`]) — client commands that
+//!   publish to or read the service's topics.
+
+pub mod cancel;
+pub mod exit;
+pub mod pending;
+pub mod produce;
+pub mod reschedule;
+mod run;
+mod topics;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::ops::telemetry;
+
+/// The exit-code table shown at the end of `--help` (see [`exit`]).
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 runtime failure (Kafka, I/O, topic drift); \
+3 not found or too late (pending --id, reschedule, cancel); 64 bad usage or configuration.";
+
+/// Delayed delivery for Apache Kafka: records with an `x-delay` or
+/// `x-deliver-at` header on the ingress topic appear on their
+/// `x-target-topic` when due.
+#[derive(Parser)]
+#[command(version, about, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// TOML configuration file (see config/example.toml); environment
+    /// variables KAFKA_DELAY__SECTION__KEY override it.
+    #[arg(long, short, env = "KAFKA_DELAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (consumer group over the ingress and tier topics).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Validate the configuration (and librdkafka properties) and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Manage the service's topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+    },
+    /// Publish delayed records to the ingress topic: VALUE, or one record per
+    /// line of standard input.
+    Produce {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Topic to deliver to.
+        #[arg(long)]
+        target: String,
+        /// Delay after the record timestamp ("30s", "250ms", "2h").
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "deliver_at")]
+        delay: Option<Duration>,
+        /// Absolute due time: epoch ms or RFC 3339.
+        #[arg(long)]
+        deliver_at: Option<String>,
+        /// Record key.
+        #[arg(long)]
+        key: Option<String>,
+        /// `x-delay-id` of every record published (what `cancel` names).
+        #[arg(long)]
+        id: Option<String>,
+        /// Record value; omit to read values from standard input.
+        value: Option<String>,
+    },
+    /// Cancel the delayed records with an `x-delay-id`: records with that id
+    /// published before now are not delivered. Exits 3, publishing
+    /// nothing, when --due has passed (too late: already delivered).
+    Cancel {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `x-delay-id` to cancel.
+        #[arg(long)]
+        id: String,
+        /// Cancel only records for this target topic.
+        #[arg(long)]
+        target: Option<String>,
+        /// Due time of the record (epoch ms or RFC 3339): the cancellation
+        /// is kept in memory until then (default: now + wheel.max_delay).
+        #[arg(long)]
+        due: Option<String>,
+    },
+    /// Move a pending record to a new due time: finds it in the tiers by
+    /// `x-delay-id`, cancels it and publishes its key, value and headers
+    /// again with the new delay. Exits 3 when no tier holds it.
+    Reschedule {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `x-delay-id` of the record.
+        #[arg(long)]
+        id: String,
+        /// New delay from now ("30s", "2h").
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "deliver_at")]
+        delay: Option<Duration>,
+        /// New due time: epoch ms or RFC 3339.
+        #[arg(long)]
+        deliver_at: Option<String>,
+    },
+    /// Inspect what the tiers hold: pending records per tier and target,
+    /// oldest and latest due time, a histogram of due times; `--id` finds
+    /// one record. Reads the tier topics from the service's committed
+    /// offsets to their ends (records still in the ingress topic or in an
+    /// instance's due-soon timer are not seen).
+    Pending {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Find the record with this `x-delay-id`.
+        #[arg(long)]
+        id: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsAction {
+    /// Print the Kafka ACLs the service's principal needs (kafka-acls.sh
+    /// commands); nothing is changed.
+    Acls {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The service's principal, e.g. User:kafka-delay.
+        #[arg(long)]
+        principal: String,
+    },
+    /// Create missing topics, report drift (idempotent).
+    Apply {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Topic spec file (default: the built-in topics/topics.toml, or
+        /// topics.spec_file from the configuration).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+}
+
+/// Parses the command line and runs the command; the process exits with
+/// the code returned (see [`exit`]).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, check } => match load(&config) {
+            Ok(settings) => run::command(&settings, check),
+            Err(code) => code,
+        },
+        Command::Topics {
+            action: TopicsAction::Acls { config, principal },
+        } => match load(&config) {
+            Ok(settings) => topics::acls(&settings, &principal),
+            Err(code) => code,
+        },
+        Command::Topics {
+            action: TopicsAction::Apply { config, spec },
+        } => match load_logged(&config) {
+            Ok(settings) => topics::apply(&settings, spec),
+            Err(code) => code,
+        },
+        Command::Pending { config, id, json } => match load_logged(&config) {
+            Ok(settings) => pending::command(&settings, id.as_deref(), json),
+            Err(code) => code,
+        },
+        Command::Reschedule {
+            config,
+            id,
+            delay,
+            deliver_at,
+        } => {
+            let settings = match load_logged(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let when = match (delay, deliver_at) {
+                (_, Some(at)) => produce::When::At(at),
+                (Some(d), None) => produce::When::Delay(d),
+                (None, None) => return exit::usage("give --delay or --deliver-at"),
+            };
+            reschedule::command(&settings, &id, &when)
+        }
+        Command::Cancel {
+            config,
+            id,
+            target,
+            due,
+        } => match load_logged(&config) {
+            Ok(settings) => cancel::command(&settings, &id, target.as_deref(), due.as_deref()),
+            Err(code) => code,
+        },
+        Command::Produce {
+            config,
+            target,
+            delay,
+            deliver_at,
+            key,
+            id,
+            value,
+        } => {
+            let settings = match load_logged(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let when = match (delay, deliver_at) {
+                (_, Some(at)) => produce::When::At(at),
+                (Some(d), None) => produce::When::Delay(d),
+                (None, None) => produce::When::Delay(Duration::ZERO),
+            };
+            produce::command(
+                &settings,
+                &target,
+                &when,
+                key.as_deref(),
+                id.as_deref(),
+                value,
+            )
+        }
+    }
+}
+
+/// Loads the configuration; a bad one exits 64.
+fn load(config: &ConfigArg) -> Result<Settings, ExitCode> {
+    Settings::load(config.config.as_deref()).map_err(exit::usage)
+}
+
+/// [`load`], then logging as configured (every command that connects).
+fn load_logged(config: &ConfigArg) -> Result<Settings, ExitCode> {
+    let settings = load(config)?;
+    telemetry::init(&settings.log);
+    Ok(settings)
+}

@@ -68,7 +68,7 @@ pub struct Settings {
 /// `[kafka]`: how to reach the cluster. Property maps are passed to
 /// librdkafka unchanged (in environment overrides `_` stands for `.`).
 /// Its `Debug` shows the values of secret-looking properties as
-/// `<redacted>` ([`crate::kafka::is_secret_key`]).
+/// `<redacted>` ([`is_secret_key`]).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSettings {
@@ -91,7 +91,7 @@ impl std::fmt::Debug for KafkaSettings {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.debug_map()
                     .entries(self.0.iter().map(|(k, v)| {
-                        let shown = if crate::kafka::is_secret_key(k) {
+                        let shown = if is_secret_key(k) {
                             "<redacted>"
                         } else {
                             v.as_str()
@@ -121,6 +121,24 @@ impl Default for KafkaSettings {
             producer_properties: BTreeMap::new(),
         }
     }
+}
+
+/// Keys whose values must never be printed: librdkafka's passwords, keys,
+/// secrets and tokens, however they are spelt.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "pass",
+        "secret",
+        "token",
+        "jaas",
+        "key",
+        "credential",
+        "pem",
+        "cert",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 /// `[topics]`: topic names and target rules.

@@ -178,7 +178,7 @@ pub fn run_with(
         runtime.shutdown_timeout(Duration::from_secs(1));
         return Ok(());
     }
-    metrics.set_cancellations_outstanding(cancellations.len());
+    metrics.cancellations.set_outstanding(cancellations.len());
     let shared = Shared {
         metrics: metrics.clone(),
         cancellations,

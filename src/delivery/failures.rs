@@ -220,7 +220,7 @@ impl Failures {
                     truncated_dead_letter(forwarder, &record, inflight, now_ms);
                 }
                 Kind::DeadLetter | Kind::TruncatedDeadLetter => {
-                    metrics.dead_letter_failure();
+                    metrics.delivery.dead_letter_failure();
                     tracing::error!(%error, topic = record.topic, "the dead-letter topic refused a record; its partition stops until it is accepted");
                     self.blocked
                         .entry(inflight.ticket.assignment())
@@ -246,7 +246,7 @@ impl Failures {
             .map_or(1, |a| a.1);
         let at = now_ms + self.policy.backoff_ms(attempt);
         self.seq += 1;
-        metrics.retry(inflight.kind.metric_index());
+        metrics.delivery.retry(inflight.kind.metric_index());
         self.waiting
             .insert((at, self.seq), Waiting { record, inflight });
     }

@@ -126,14 +126,16 @@ impl ProducerContext for DeliveryContext {
         match result {
             Ok(msg) => {
                 match inflight.kind {
-                    Kind::Target => self.metrics.delivered(),
+                    Kind::Target => self.metrics.delivery.delivered(),
                     Kind::Tier => {
                         if let Timestamp::LogAppendTime(broker_ms) = msg.timestamp() {
                             self.clock.sample(now_ms(), broker_ms);
                         }
                     }
                     Kind::DeadLetter | Kind::TruncatedDeadLetter => {
-                        self.metrics.dead_lettered(usize::from(inflight.reason));
+                        self.metrics
+                            .delivery
+                            .dead_lettered(usize::from(inflight.reason));
                     }
                 }
                 self.ledger.acknowledge(inflight.ticket);
@@ -142,7 +144,7 @@ impl ProducerContext for DeliveryContext {
                 let code = error
                     .rdkafka_error_code()
                     .map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}"));
-                self.metrics.produce_error(&code);
+                self.metrics.delivery.produce_error(&code);
                 let partition = (inflight.kind != Kind::Target).then(|| msg.partition());
                 self.failures
                     .lock()
@@ -273,7 +275,7 @@ impl Forwarder {
             self.overflow.push_back((record, opaque));
             return;
         }
-        self.metrics.produce_error(&format!("{code:?}"));
+        self.metrics.delivery.produce_error(&format!("{code:?}"));
         self.failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -342,7 +344,7 @@ impl Forwarder {
         let mut headers = user_headers(msg, 2);
         headers.add_number(envelope::SCHEDULED_AT, env.due_ms);
         headers.add_number(envelope::ORIGINAL_TIMESTAMP, env.original_timestamp_ms);
-        self.metrics.forwarded(from, now_ms - env.due_ms);
+        self.metrics.delivery.forwarded(from, now_ms - env.due_ms);
         self.send(
             Parts::of(msg, now_ms, None, headers),
             Dest::Target(env.target),
@@ -364,7 +366,7 @@ impl Forwarder {
         headers.add(envelope::TARGET.as_bytes(), Some(env.target.as_bytes()));
         headers.add_number(envelope::BUCKET, bucket);
         headers.add_number(envelope::ORIGINAL_TIMESTAMP, env.original_timestamp_ms);
-        self.metrics.tier_write(tier);
+        self.metrics.tier.write(tier);
         self.send(
             Parts::of(msg, now_ms, Some(partition), headers),
             Dest::Tier(tier),
@@ -395,11 +397,11 @@ impl Forwarder {
         ticket: Ticket,
         kind: Kind,
     ) {
-        self.metrics.dead_letter_attempt(reason);
+        self.metrics.delivery.dead_letter_attempt(reason);
         let inflight = Inflight {
             ticket,
             kind,
-            reason: Metrics::reason_index(reason) as u8,
+            reason: crate::ops::metrics::DeliveryMetrics::reason_index(reason) as u8,
         };
         self.send(parts, Dest::DeadLetter, inflight);
     }

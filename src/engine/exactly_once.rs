@@ -8,6 +8,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::guarantee::Guarantee;
+use super::ingress::Stage;
 use super::{ConsumerLoop, Role};
 use crate::delivery::exactly_once::order::Poison;
 use crate::delivery::exactly_once::TransactionError;
@@ -91,7 +93,11 @@ impl ConsumerLoop {
 
     fn after_transaction(&mut self, result: Result<(), TransactionError>) {
         match result {
-            Ok(()) => self.aborts = 0,
+            Ok(()) => {
+                if let Guarantee::ExactlyOnce { aborts, .. } = &mut self.guarantee {
+                    *aborts = 0;
+                }
+            }
             Err(TransactionError::Aborted(why)) => self.rewind(&why),
             Err(TransactionError::Fatal(error)) => self.consumer.context().set_fatal(error),
         }
@@ -103,7 +109,7 @@ impl ConsumerLoop {
     /// are dead-lettered when read again.
     pub(super) fn rewind(&mut self, why: &str) {
         let failed = self.forwarder.take_failures();
-        let Some(order) = self.order.as_mut() else {
+        let Some(order) = self.guarantee.order_mut() else {
             return;
         };
         {
@@ -119,7 +125,7 @@ impl ConsumerLoop {
                     failure.inflight.kind,
                     Kind::DeadLetter | Kind::TruncatedDeadLetter
                 ) {
-                    self.shared.metrics.dead_letter_failure();
+                    self.shared.metrics.delivery.dead_letter_failure();
                 }
                 if let Some((p, offset)) = book.source_of(failure.inflight.ticket) {
                     order.poison(p, offset, failure);
@@ -130,7 +136,9 @@ impl ConsumerLoop {
         self.forwarder.discard_unsent();
         self.timer = Timer::default();
         self.timer_bytes = 0;
-        self.parked.clear();
+        if let Stage::Ingress(ingress) = &mut self.stage {
+            ingress.parked.clear();
+        }
         self.failures.drop_revoked(|_| false);
         let parts: Vec<i32> = self.partitions.iter().map(|(p, _)| p).collect();
         tracing::warn!(
@@ -152,8 +160,14 @@ impl ConsumerLoop {
                 "cannot read the committed offsets again after an abort: {error}"
             ));
         }
-        self.aborts += 1;
-        let backoff = Duration::from_millis(100 << self.aborts.min(5)).min(ABORT_BACKOFF_MAX);
+        let aborts = match &mut self.guarantee {
+            Guarantee::ExactlyOnce { aborts, .. } => {
+                *aborts += 1;
+                *aborts
+            }
+            Guarantee::AtLeastOnce { .. } => 1,
+        };
+        let backoff = Duration::from_millis(100 << aborts.min(5)).min(ABORT_BACKOFF_MAX);
         std::thread::sleep(backoff);
         self.partitions.assign(&list, now_ms());
     }
@@ -196,7 +210,7 @@ impl ConsumerLoop {
     /// True (and the record queued) when `msg` must wait behind an open
     /// record of its partition.
     pub(super) fn must_wait(&mut self, p: i32, msg: impl FnOnce() -> OwnedMessage) -> bool {
-        match self.order.as_mut() {
+        match self.guarantee.order_mut() {
             Some(order) if order.blocks(p) => {
                 order.wait(p, msg());
                 true
@@ -217,14 +231,14 @@ impl ConsumerLoop {
 
     /// A record of `p` went into the timer or was parked.
     pub(super) fn opened(&mut self, p: i32) {
-        if let Some(order) = self.order.as_mut() {
+        if let Some(order) = self.guarantee.order_mut() {
             order.open(p);
         }
     }
 
     /// An open record of `p` was written or cancelled.
     pub(super) fn closed(&mut self, p: i32) {
-        if let Some(order) = self.order.as_mut() {
+        if let Some(order) = self.guarantee.order_mut() {
             order.close(p);
         }
     }
@@ -232,11 +246,11 @@ impl ConsumerLoop {
     /// Handles the waiting records of every partition whose open records
     /// were all written, in order, until one opens again.
     pub(super) fn drain_ready(&mut self, now: i64) {
-        let Some(order) = self.order.as_mut() else {
+        let Some(order) = self.guarantee.order_mut() else {
             return;
         };
         for p in order.take_ready() {
-            while let Some(msg) = self.order.as_mut().and_then(|o| o.next_waiting(p)) {
+            while let Some(msg) = self.guarantee.order_mut().and_then(|o| o.next_waiting(p)) {
                 self.handle_owned(msg, now);
             }
         }
@@ -248,7 +262,7 @@ impl ConsumerLoop {
         let Some(id) = self.partitions.get(p).map(|part| part.id) else {
             return;
         };
-        match self.role {
+        match self.role() {
             Role::Ingress => {
                 let taken = self.ledger.book_unacked().take_sized(
                     id,
@@ -282,7 +296,7 @@ impl ConsumerLoop {
         from: Source,
         now: i64,
     ) -> bool {
-        let Some(order) = self.order.as_mut() else {
+        let Some(order) = self.guarantee.order_mut() else {
             return false;
         };
         let Some(poison) = order.take_poison(msg.partition(), msg.offset()) else {

@@ -5,7 +5,7 @@
 //!
 //! Every tier partition is paused until its head record's release time,
 //! then resumed and drained: each released record is re-routed by
-//! [`TierTable::route`] — to a lower tier, the due-soon timer, or its
+//! [`TierTable::route`](crate::wheel::TierTable::route) — to a lower tier, the due-soon timer, or its
 //! target — until the head belongs to a later turn. A drained partition
 //! stays resumed for `wheel.grace`, then sleeps until its slot's next turn,
 //! or until the watcher sees a record appended to it. Ingress partitions
@@ -13,53 +13,54 @@
 //!
 //! The loop never waits on the network: polling, timers, pause/resume and
 //! offset marks run here; produces are queued in librdkafka; commits and
-//! offset queries run on the [`watcher`] threads; target
+//! offset queries run on the [`round_trips`] threads; target
 //! look-ups on the [`targets`](crate::kafka::targets) thread. Per record the work
 //! is header parsing and one produce call — no future, no task.
 //!
-//! Submodules: [`records`] (what happens to each record), `rebalance`
-//! (the group's callbacks), `flow` (backpressure); in exactly-once mode
-//! `order` (each partition's records written in offset order) and
-//! `exactly_once` (commit, abort and read again; see
-//! [`crate::delivery::exactly_once`]).
+//! One file per job (docs/architecture.md draws them):
+//!
+//! * [`driver`] — the loop itself: poll, housekeeping, backpressure, gauges,
+//!   shutdown; and building a loop's clients and state;
+//! * [`ingress`] — records of the ingress topic: parse, check the target,
+//!   route; records parked on a target look-up;
+//! * [`tier`] — records of a tier: hold until the release, wake, re-route;
+//!   [`reroute`] — what a tier may hold, failed tier writes routed again;
+//! * [`records`] — what both share: routing, the due-soon timer's
+//!   deliveries, cancellations, failed writes, rebalance events;
+//! * [`guarantee`] — at-least-once (commit the acknowledged prefix) or
+//!   exactly-once ([`exactly_once`]: transactions, abort and read again);
+//! * [`partitions`] — the partition table, the only caller of pause/resume;
+//!   [`timer`] — the due-soon min-heap; [`flow`] — backpressure caps;
+//!   [`rebalance`] — the consumer group's callbacks; [`round_trips`] — broker
+//!   round trips off the loop's thread; [`cancellations`] — the registry and
+//!   the cancel topic's reader.
 
 pub mod cancellations;
+mod driver;
 mod exactly_once;
 mod flow;
+mod guarantee;
+mod ingress;
 pub(crate) mod partitions;
 mod rebalance;
 mod records;
 mod reroute;
+pub(crate) mod round_trips;
+mod tier;
 pub(crate) mod timer;
-pub(crate) mod watcher;
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use thiserror::Error;
 
-use crate::config::{ConfigError, Settings};
-use crate::delivery::failures::{Failures, RetryPolicy};
-use crate::delivery::forwarder::Forwarder;
-use crate::delivery::ledger::Ledger;
-use crate::engine::partitions::{PartitionTable, Pauser};
-use crate::engine::timer::Timer;
-use crate::engine::watcher::Side;
-use crate::kafka;
-use crate::kafka::targets::Targets;
-pub use crate::model::clock::now_ms;
+use crate::config::ConfigError;
 use crate::model::clock::OffsetEstimator;
-use crate::model::envelope::TargetPolicy;
 use crate::ops::health::Health;
-use crate::ops::metrics::{Metrics, Source, SourceGauges};
-use crate::wheel::TierTable;
-pub use flow::Limits;
-pub use rebalance::GroupContext;
-use records::{Parked, Scheduled};
+use crate::ops::metrics::{Metrics, Source};
+
+pub(crate) use driver::ConsumerLoop;
+pub(crate) use flow::Limits;
 
 /// Why the service could not start or stopped.
 ///
@@ -83,7 +84,9 @@ pub enum EngineError {
 /// Which topic a loop consumes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
+    /// The ingress topic.
     Ingress,
+    /// A tier topic, by index (finest first).
     Tier(usize),
 }
 
@@ -96,540 +99,17 @@ impl Role {
     }
 }
 
-/// How often offsets are checked, partitions put to sleep and caps applied.
-const HOUSEKEEPING: Duration = Duration::from_millis(50);
-/// How often gauges are refreshed.
-const GAUGES: Duration = Duration::from_secs(1);
-/// Longest single poll wait.
-const MAX_POLL_MS: i64 = 50;
-/// Records handled per burst before timers are checked again.
-const BURST: usize = 512;
-/// A fetching partition behind its end with no record for this long is
-/// stalled, ms (long enough for a fetch after a rebalance on a loaded
-/// machine; a real stall lasts until something resumes the partition).
-const STALL_MS: i64 = 10_000;
-/// How long the last accepted target skips the target checks, ms.
-const TRUSTED_TARGET_MS: i64 = 10_000;
-
-type Client = BaseConsumer<GroupContext>;
-
 /// What every loop of an instance shares.
 #[derive(Clone)]
 pub(crate) struct Shared {
+    /// The instance's metrics.
     pub metrics: Arc<Metrics>,
     /// Outstanding cancellations, read from the cancel topic.
-    pub cancellations: Arc<crate::engine::cancellations::Cancellations>,
+    pub cancellations: Arc<cancellations::Cancellations>,
+    /// Liveness and readiness, one entry per loop.
     pub health: Arc<Health>,
+    /// Backpressure caps over all loops.
     pub limits: Arc<Limits>,
+    /// This host's offset from the brokers' clock.
     pub clock: Arc<OffsetEstimator>,
-}
-
-/// One consumer loop.
-pub(crate) struct ConsumerLoop {
-    role: Role,
-    index: usize,
-    topic: String,
-    consumer: Arc<Client>,
-    side: Option<Side>,
-    table: TierTable,
-    policy: Arc<TargetPolicy>,
-    lanes: u32,
-    grace_ms: i64,
-    partitions: PartitionTable,
-    ledger: Arc<Ledger>,
-    forwarder: Forwarder,
-    failures: Failures,
-    timer: Timer<Scheduled>,
-    timer_bytes: usize,
-    targets: Option<Targets>,
-    parked: VecDeque<Parked>,
-    /// Exactly-once mode: per-partition write order (None: at-least-once).
-    order: Option<crate::delivery::exactly_once::order::Order>,
-    /// Exactly-once mode: aborts in a row (back-off before reading again).
-    aborts: u32,
-    /// The last target accepted (policy and existence), and when.
-    trusted: (String, i64),
-    shared: Shared,
-    shutdown_timeout: Duration,
-    commit_interval: Duration,
-}
-
-impl ConsumerLoop {
-    /// Builds the producer, the consumer (group `<group_id>.<role>`), its
-    /// watcher threads and subscribes; no record is read before
-    /// [`ConsumerLoop::run`]. `index` is the loop's place in `shared`.
-    pub fn new(
-        settings: &Settings,
-        role: Role,
-        index: usize,
-        shared: Shared,
-    ) -> Result<Self, EngineError> {
-        let table = settings.tier_table()?;
-        let policy = Arc::new(settings.target_policy()?);
-        let tier_topics = settings.tier_topics(&table);
-        let topic = match role {
-            Role::Ingress => settings.topics.ingress.clone(),
-            Role::Tier(t) => tier_topics[t].clone(),
-        };
-        let ledger = Arc::new(Ledger::default());
-        let label = match role {
-            Role::Ingress => "ingress".to_owned(),
-            Role::Tier(t) => crate::config::tick_label(table.tiers()[t].tick_ms),
-        };
-        let exactly_once = settings.delivery.exactly_once();
-        let mut producer_config = kafka::producer_config(settings);
-        if exactly_once {
-            producer_config.set("transactional.id", settings.transactional_id(&label));
-            let txn_ms = settings.delivery.transaction_timeout.as_millis() as u64;
-            producer_config.set("transaction.timeout.ms", txn_ms.to_string());
-            // librdkafka requires message.timeout.ms <= transaction.timeout.ms.
-            let message_ms = producer_config
-                .get("message.timeout.ms")
-                .and_then(|v| v.parse::<u64>().ok())
-                .map_or(txn_ms, |ms| ms.min(txn_ms));
-            producer_config.set("message.timeout.ms", message_ms.to_string());
-        }
-        let forwarder = Forwarder::new(
-            &producer_config,
-            ledger.clone(),
-            shared.metrics.clone(),
-            shared.clock.clone(),
-            &settings.topics.dead_letter,
-            &tier_topics,
-        )?;
-        let transaction = if exactly_once {
-            let txn = crate::delivery::exactly_once::Transaction::start(
-                &forwarder,
-                settings,
-                shared.metrics.clone(),
-            )
-            .map_err(|e| EngineError::Transactions {
-                topic: topic.clone(),
-                error: kafka::describe(&e),
-            })?;
-            Some(txn)
-        } else {
-            None
-        };
-        let group = settings.group_of(&label);
-        let eof = matches!(role, Role::Tier(_));
-        let mut config = kafka::consumer_config(settings, &group, eof);
-        if let Some(id) = &settings.delivery.instance_id {
-            // Static membership (KIP-345): a restart under the same name
-            // takes its partitions back without a rebalance.
-            config.set("group.instance.id", id);
-        }
-        if let Role::Tier(t) = role {
-            // Brokers that do not wake a waiting fetch (Tansu) answer an
-            // empty partition after fetch.wait.max.ms: a tier loop can wait
-            // longer than the ingress (half its lead time, at most 100 ms) and
-            // so fetch its drained partitions far less often.
-            let user_set = settings.kafka.properties.contains_key("fetch.wait.max.ms")
-                || settings
-                    .kafka
-                    .consumer_properties
-                    .contains_key("fetch.wait.max.ms");
-            if !user_set {
-                let wait = (table.tiers()[t].lead_ms / 2).clamp(10, 100);
-                config.set("fetch.wait.max.ms", wait.to_string());
-            }
-        }
-        let max_poll_ms = config
-            .get("max.poll.interval.ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(300_000);
-        let context = GroupContext {
-            revoke_wait: GroupContext::revoke_wait(max_poll_ms),
-            topic: topic.clone(),
-            ledger: ledger.clone(),
-            producer: forwarder.producer_handle(),
-            metrics: shared.metrics.clone(),
-            health: shared.health.clone(),
-            health_index: index,
-            committer: Mutex::new(None),
-            assigned: Mutex::new(Default::default()),
-            events: Mutex::new(Vec::new()),
-            events_pending: AtomicBool::new(false),
-            transaction: Mutex::new(transaction),
-            rewind: AtomicBool::new(false),
-            fatal: Mutex::new(None),
-        };
-        let consumer: Arc<Client> = Arc::new(config.create_with_context(context)?);
-        let (pauser, pauses) = Pauser::channel();
-        let side = Side::start(
-            consumer.clone(),
-            &topic,
-            shared.metrics.clone(),
-            *settings.service.watch_interval,
-            pauses,
-        )?;
-        *consumer
-            .context()
-            .committer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(side.committer());
-        consumer.subscribe(&[&topic])?;
-        let targets = match role {
-            Role::Ingress => Some(Targets::start(forwarder.producer_handle())?),
-            Role::Tier(_) => None,
-        };
-        let policy_ms = |d: &humantime_serde::Serde<Duration>| d.as_millis() as i64;
-        // At most one tick of the tier (at least 100 ms): an empty fine-tick
-        // partition would otherwise stay awake, fetching, most of its turn.
-        let grace_ms = match role {
-            Role::Tier(t) => {
-                policy_ms(&settings.wheel.grace).min(table.tiers()[t].tick_ms.max(100))
-            }
-            Role::Ingress => policy_ms(&settings.wheel.grace),
-        } + if exactly_once {
-            // A write becomes readable when its transaction commits: stay
-            // awake for the writes of transactions still open.
-            2 * policy_ms(&settings.delivery.transaction_interval) + 100
-        } else {
-            0
-        };
-        Ok(Self {
-            role,
-            index,
-            partitions: PartitionTable::new(pauser),
-            topic,
-            consumer,
-            side: Some(side),
-            table,
-            policy,
-            lanes: settings.wheel.partitions_per_slot,
-            grace_ms,
-            ledger,
-            forwarder,
-            failures: Failures::new(RetryPolicy {
-                delivery_timeout_ms: policy_ms(&settings.service.delivery_timeout),
-                ..RetryPolicy::default()
-            }),
-            timer: Timer::default(),
-            timer_bytes: 0,
-            targets,
-            parked: VecDeque::new(),
-            order: exactly_once.then(crate::delivery::exactly_once::order::Order::default),
-            aborts: 0,
-            trusted: (String::new(), 0),
-            shared,
-            shutdown_timeout: *settings.service.shutdown_timeout,
-            commit_interval: *settings.service.commit_interval,
-        })
-    }
-
-    /// Runs until `stop` is set, then flushes, commits and leaves the group.
-    /// Errors: a fatal producer error (the process should exit non-zero).
-    pub fn run(mut self, stop: &AtomicBool) -> Result<(), EngineError> {
-        let span = tracing::info_span!("loop", topic = %self.topic);
-        let _entered = span.enter();
-        let mut last_housekeeping = Instant::now();
-        let mut last_gauges = Instant::now();
-        let mut last_commit = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let now = now_ms();
-            let mut turn = Turn::start();
-            self.fire_timers(now);
-            self.drain_ready(now);
-            turn.step("timers");
-            self.wake_partitions(now);
-            turn.step("wake");
-            self.handle_failures(now);
-            self.resolve_parked(now);
-            turn.step("failures");
-            if last_housekeeping.elapsed() >= HOUSEKEEPING {
-                last_housekeeping = Instant::now();
-                self.housekeeping(now);
-                turn.step("housekeeping");
-            }
-            if self.order.is_some() {
-                self.transact(false);
-            } else if last_commit.elapsed() >= self.commit_interval {
-                last_commit = Instant::now();
-                self.commit();
-            }
-            if last_gauges.elapsed() >= GAUGES {
-                last_gauges = Instant::now();
-                self.refresh_gauges();
-                turn.step("gauges");
-            }
-            if let Some(error) = self
-                .failures
-                .fatal()
-                .map(str::to_owned)
-                .or_else(|| self.consumer.context().take_fatal())
-            {
-                let error = EngineError::FatalProducer {
-                    topic: self.topic.clone(),
-                    error,
-                };
-                tracing::error!(%error);
-                self.shutdown();
-                return Err(error);
-            }
-            self.poll_burst(now);
-            turn.step("poll");
-            self.handle_rebalances();
-            turn.step("rebalance");
-            turn.report(&self.topic);
-            self.loop_health()
-                .last_turn_ms
-                .store(now_ms(), Ordering::Relaxed);
-        }
-        self.shutdown();
-        Ok(())
-    }
-
-    fn loop_health(&self) -> &crate::ops::health::LoopHealth {
-        &self.shared.health.loops[self.index].1
-    }
-
-    fn poll_burst(&mut self, now: i64) {
-        let next = [
-            self.timer.next_due(),
-            self.partitions.next_deadline(),
-            self.failures.next_due(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map_or(MAX_POLL_MS, |t| (t - now).clamp(0, MAX_POLL_MS));
-        let mut timeout = Duration::from_millis(next as u64);
-        // A handle of our own: a polled record borrows the consumer while
-        // the loop's state is changed.
-        let consumer = self.consumer.clone();
-        let mut clock = now;
-        for i in 0..BURST {
-            let Some(result) = consumer.poll(timeout) else {
-                return;
-            };
-            timeout = Duration::ZERO;
-            // The clock is read every 32 records: a slightly old `now` only
-            // makes a record look less due (never early).
-            if i % 32 == 0 {
-                clock = now_ms();
-            }
-            match result {
-                Ok(msg) => self.on_record(&msg, clock),
-                Err(KafkaError::PartitionEOF(p)) => {
-                    // The fetch response that ended the partition just
-                    // refreshed librdkafka's cached high watermark.
-                    let end =
-                        crate::kafka::native::cached_high_watermark(&consumer, &self.topic, p);
-                    self.partitions.note_eof(p, end, now_ms());
-                }
-                Err(error) => {
-                    tracing::warn!(%error, topic = self.topic, "consumer error");
-                    return;
-                }
-            }
-            if consumer.context().events_pending.load(Ordering::Relaxed) {
-                return;
-            }
-        }
-    }
-
-    /// Periodic work: sleeping drained partitions, the watcher's report
-    /// (wake-ups, stalls), backpressure and dead-letter blocks, retries.
-    fn housekeeping(&mut self, now: i64) {
-        if let Role::Tier(tier) = self.role {
-            let table = &self.table;
-            self.partitions.sleep_drained(now, self.grace_ms, |p| {
-                let slot = table.slot_of_partition(tier, p);
-                let next = table.next_turn_release(tier, slot, now);
-                let t = &table.tiers()[tier];
-                // The turn released last: its bucket starts `lead` after
-                // its release and lasts one tick.
-                let bucket_end = next - t.slots * t.tick_ms + t.lead_ms + t.tick_ms;
-                (next, bucket_end)
-            });
-        }
-        if let Some(side) = &self.side {
-            self.loop_health()
-                .broker_ok_ms
-                .store(side.broker_ok_ms(), Ordering::Relaxed);
-            if let Some(report) = side.take_report() {
-                let outcome = self.partitions.apply_watch(&report, now, STALL_MS);
-                for p in &outcome.stalled {
-                    tracing::warn!(
-                        topic = self.topic,
-                        partition = p,
-                        "partition made no progress behind its end offset; resumed"
-                    );
-                    if let Role::Tier(tier) = self.role {
-                        self.shared.metrics.stall(tier);
-                    }
-                }
-            }
-        }
-        self.apply_flow(now);
-        if now - self.trusted.1 > TRUSTED_TARGET_MS {
-            self.trusted.0.clear();
-        }
-    }
-
-    /// Throttles or resumes partitions by the caps, and blocks partitions
-    /// whose dead letters are refused.
-    fn apply_flow(&mut self, now: i64) {
-        let book = self.ledger.book();
-        self.failures.forget_done(|word| book.is_done(word));
-        let in_flight = (book.in_flight(), book.in_flight_bytes());
-        let per_partition: Vec<(i32, usize, bool)> = self
-            .partitions
-            .iter()
-            .map(|(p, part)| {
-                let blocked = self.failures.blocked().any(|a| a == part.id)
-                    || self.order.as_ref().is_some_and(|o| o.retrying(p));
-                let waiting = self.order.as_ref().map_or(0, |o| o.waiting_len(p));
-                (p, book.in_flight_of(part.id) + waiting, blocked)
-            })
-            .collect();
-        drop(book);
-        let limits = &self.shared.limits;
-        limits.report(self.index, in_flight, self.timer.len(), self.timer_bytes);
-        let mut instance = limits.pressure();
-        if self.forwarder.queue_full() {
-            instance = flow::Pressure::Over;
-        }
-        let mut blocked_count = 0;
-        for (p, count, blocked) in per_partition {
-            let throttled = self.partitions.is_throttled(p);
-            let on = flow::throttle(throttled, instance, limits.partition_pressure(count));
-            self.partitions.set_throttled(p, on, now);
-            self.partitions.set_blocked(p, blocked, now);
-            blocked_count += usize::from(blocked);
-        }
-        self.loop_health()
-            .blocked
-            .store(blocked_count, Ordering::Relaxed);
-    }
-
-    /// Hands the acknowledged prefix of every moved partition to the committer.
-    fn commit(&mut self) {
-        let moved: Vec<(i32, i64)> = self
-            .ledger
-            .book()
-            .unstored()
-            .into_iter()
-            .map(|(_, p, o)| (p, o))
-            .collect();
-        if let (false, Some(side)) = (moved.is_empty(), &self.side) {
-            side.committer().commit(moved);
-        }
-    }
-
-    fn refresh_gauges(&mut self) {
-        let metrics = &self.shared.metrics;
-        let (throttled, blocked) = self.partitions.pauses();
-        metrics.set_source(
-            self.role.source(),
-            SourceGauges {
-                assigned: self.partitions.len(),
-                throttled,
-                blocked,
-                in_flight: self.ledger.book().in_flight(),
-                timer_records: self.timer.len(),
-                timer_bytes: self.timer_bytes,
-            },
-        );
-        if let Role::Tier(tier) = self.role {
-            let (paused, stalled) = self.partitions.counts();
-            metrics.set_tier_partitions(tier, paused, stalled);
-            metrics.set_oldest_due(tier, self.partitions.oldest_held_due());
-            metrics.set_pending(tier, self.partitions.pending());
-        }
-        if self.role == Role::Ingress {
-            self.shared.clock.rotate();
-            crate::kafka::native::release_free_memory();
-        }
-    }
-
-    /// Graceful stop: flush produces, commit, stop the watcher threads,
-    /// leave the group.
-    fn shutdown(mut self) {
-        tracing::info!(
-            topic = self.topic,
-            timer = self.timer.len(),
-            "shutting down"
-        );
-        if let Err(error) = self.forwarder.flush(self.shutdown_timeout) {
-            tracing::warn!(%error, "not every record was acknowledged before the deadline");
-        }
-        if self.order.is_some() {
-            self.finish_transaction();
-            if let Some(side) = self.side.take() {
-                side.stop();
-            }
-            self.targets.take();
-            return;
-        }
-        let positions: Vec<(i32, i64)> = self
-            .ledger
-            .book()
-            .positions()
-            .into_iter()
-            .map(|(_, p, o)| (p, o))
-            .collect();
-        let context = self.consumer.context();
-        let committer = context
-            .committer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(c) = committer {
-            if !positions.is_empty() && !c.commit_and_wait(positions, Duration::from_secs(5)) {
-                tracing::warn!(topic = self.topic, "final commit not confirmed");
-            }
-        }
-        if let Some(side) = self.side.take() {
-            side.stop();
-        }
-        self.targets.take();
-        // Dropping the last handle on the consumer closes it: the revoke
-        // callback runs and the group is left.
-    }
-}
-
-/// Times the steps of one loop turn; a turn far longer than a poll wait is
-/// logged with its slowest step (the loop must never wait on the network).
-struct Turn {
-    start: Instant,
-    last: Instant,
-    slowest: (&'static str, Duration),
-}
-
-/// A turn longer than this is logged.
-const SLOW_TURN: Duration = Duration::from_millis(1_000);
-
-impl Turn {
-    fn start() -> Self {
-        let now = Instant::now();
-        Self {
-            start: now,
-            last: now,
-            slowest: ("", Duration::ZERO),
-        }
-    }
-
-    fn step(&mut self, name: &'static str) {
-        let now = Instant::now();
-        let took = now - self.last;
-        if took > self.slowest.1 {
-            self.slowest = (name, took);
-        }
-        self.last = now;
-    }
-
-    fn report(&self, topic: &str) {
-        let total = self.start.elapsed();
-        if total > SLOW_TURN {
-            tracing::warn!(
-                topic,
-                total_ms = total.as_millis() as u64,
-                slowest = self.slowest.0,
-                slowest_ms = self.slowest.1.as_millis() as u64,
-                "slow consumer loop turn"
-            );
-        }
-    }
 }

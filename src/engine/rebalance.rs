@@ -20,7 +20,7 @@ use rdkafka::ClientContext;
 use crate::delivery::exactly_once::{Transaction, TransactionError};
 use crate::delivery::forwarder::DeliveryContext;
 use crate::delivery::ledger::{Assignment, Ledger};
-use crate::engine::watcher::Committer;
+use crate::engine::round_trips::Committer;
 use crate::model::clock::now_ms;
 use crate::ops::health::LoopHealth;
 use crate::ops::metrics::Metrics;
@@ -184,7 +184,7 @@ impl ClientContext for GroupContext {
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.metrics.rebalance();
+        self.metrics.loops.rebalance();
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let mut book = self.ledger.book();

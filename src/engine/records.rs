@@ -1,6 +1,6 @@
-//! What the loop does with each record: parse, route, hold, park, deliver;
-//! and with what comes back: timers, woken partitions, failed produces,
-//! target answers, rebalances.
+//! What both stages share: a record fresh from `poll` handed to its stage,
+//! routing (deliver now, the due-soon timer, a tier), cancellations, dead
+//! letters, the timer's deliveries, failed writes and rebalance events.
 
 use std::sync::atomic::Ordering;
 
@@ -8,14 +8,12 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
 use rdkafka::Message;
 
+use super::ingress::Stage;
 use super::rebalance::RebalanceEvent;
-use super::{ConsumerLoop, Role};
-use crate::delivery::exactly_once::order::Poison;
+use super::ConsumerLoop;
 use crate::delivery::forwarder::Record;
 use crate::delivery::ledger::Ticket;
-use crate::kafka::native::RecordHeaders;
-use crate::kafka::targets::Known;
-use crate::model::envelope::{self, Envelope, EnvelopeError, TierSlot};
+use crate::model::envelope::{Envelope, EnvelopeError};
 use crate::ops::metrics::{Outcome, Source};
 use crate::wheel::{key_lane, Route};
 
@@ -28,13 +26,6 @@ pub struct Scheduled {
     id: Option<Box<str>>,
     record: OwnedMessage,
     bytes: usize,
-}
-
-/// An ingress record waiting for the answer to "does its target exist?".
-pub struct Parked {
-    ticket: Ticket,
-    target: String,
-    record: OwnedMessage,
 }
 
 /// Key and value bytes of a record (what the in-flight byte cap counts:
@@ -63,104 +54,10 @@ impl ConsumerLoop {
             return;
         };
         let id = part.id;
-        match self.role {
-            Role::Ingress => {
-                if let Some(why) = crate::kafka::native::unreadable_headers(msg) {
-                    // Read as "no headers" it would be delivered at once:
-                    // dead-letter it (exactly-once: when its turn comes).
-                    let error = EnvelopeError::UnreadableHeaders(why);
-                    if let Some(order) = self.order.as_mut() {
-                        if order.blocks(p) {
-                            order.poison_with(p, msg.offset(), Poison::DeadLetter(error));
-                            order.wait(p, msg.detach());
-                            return;
-                        }
-                    }
-                    let ticket =
-                        self.ledger
-                            .book_unacked()
-                            .take_sized(id, msg.offset(), kv_bytes(msg));
-                    if let Some(ticket) = ticket {
-                        self.reject(msg, &error, ticket, Source::Ingress);
-                    }
-                    return;
-                }
-                if self.must_wait(p, || msg.detach()) {
-                    return;
-                }
-                let taken = self
-                    .ledger
-                    .book_unacked()
-                    .take_sized(id, msg.offset(), kv_bytes(msg));
-                let Some(ticket) = taken else {
-                    return;
-                };
-                self.ingest(msg, ticket, now);
-            }
-            Role::Tier(tier) => {
-                self.partitions.wake_sleeper(p, now);
-                if self.partitions.get(p).is_some_and(|part| part.is_holding()) {
-                    self.partitions.defer(p, msg.detach());
-                    return;
-                }
-                if self.must_wait(p, || msg.detach()) {
-                    return;
-                }
-                if let Some((release, due)) = self.tier_record(msg, tier, now) {
-                    self.partitions.hold(p, msg.detach(), release, due, now);
-                }
-            }
+        match self.stage {
+            Stage::Ingress(_) => self.on_ingress_record(msg, id, now),
+            Stage::Tier(tier) => self.on_tier_record(msg, tier, now),
         }
-    }
-
-    /// An ingress record: dead letter, target, timer or tier; parked while
-    /// its target's existence is being looked up.
-    pub(super) fn ingest<M: Record + Message + ToOwnedMessage>(
-        &mut self,
-        msg: &M,
-        ticket: Ticket,
-        now: i64,
-    ) {
-        if self.write_poisoned(msg, ticket, Source::Ingress, now) {
-            return;
-        }
-        let view = msg.header_view();
-        let policy = self.policy.clone();
-        let parsed = envelope::parse_ingress_trusting(
-            view.iter(),
-            msg.timestamp_ms(),
-            now,
-            &policy,
-            &self.trusted.0,
-        );
-        let env = match parsed {
-            Ok(env) => env,
-            Err(error) => return self.reject(msg, &error, ticket, Source::Ingress),
-        };
-        if env.target != self.trusted.0 {
-            let known = match &mut self.targets {
-                Some(targets) => targets.check(env.target, now),
-                None => Known::Exists,
-            };
-            match known {
-                Known::Exists => self.trusted = (env.target.to_owned(), now),
-                Known::Missing => {
-                    let error = EnvelopeError::UnknownTarget(env.target.to_owned());
-                    return self.reject(msg, &error, ticket, Source::Ingress);
-                }
-                Known::Pending => {
-                    let target = env.target.to_owned();
-                    self.opened(msg.partition());
-                    return self.parked.push_back(Parked {
-                        ticket,
-                        target,
-                        record: msg.to_owned_message(),
-                    });
-                }
-            }
-        }
-        let outcome = self.route(msg, &env, ticket, Source::Ingress, now);
-        self.shared.metrics.ingested(outcome);
     }
 
     pub(super) fn reject<M: Record>(
@@ -171,115 +68,14 @@ impl ConsumerLoop {
         from: Source,
     ) {
         if from == Source::Ingress {
-            self.shared.metrics.ingested(Outcome::DeadLettered);
+            self.shared.metrics.ingress.ingested(Outcome::DeadLettered);
         }
         tracing::debug!(%error, "dead-lettering record");
         self.forwarder.write_dead_letter(msg, error, ticket);
     }
 
-    /// A tier record, read fresh or taken from the held queue. Returns its
-    /// (release, due) time when it must be held; otherwise it is routed (or
-    /// dead-lettered when its headers are not the service's).
-    pub(super) fn tier_record<M: Record + Message + ToOwnedMessage>(
-        &mut self,
-        msg: &M,
-        tier: usize,
-        now: i64,
-    ) -> Option<(i64, i64)> {
-        let p = msg.partition();
-        let t = &self.table.tiers()[tier];
-        let place = TierSlot {
-            tick_ms: t.tick_ms,
-            slots: t.slots,
-            slot: self.table.slot_of_partition(tier, p),
-        };
-        let view = msg.header_view();
-        let parsed = envelope::parse_tier(view.iter(), place, now, &self.policy);
-        let env = match parsed {
-            Ok(env) => {
-                let release = self
-                    .table
-                    .release_time(tier, env.bucket.unwrap_or_default());
-                if release > now {
-                    if self.may_hold(tier, place.slot, &env, release, now) {
-                        return Some((release, env.due_ms));
-                    }
-                    // Routing would not put it here now. Either it is close
-                    // enough to move down already (read early: moved now
-                    // rather than at its release), or it is a forged record
-                    // or one written for a later turn than its slot holds
-                    // next: held, it would make the records behind it wait a
-                    // whole turn. Moved to where routing puts it, it never
-                    // comes straight back.
-                    if self.moves_on_normally(tier, &env, now) {
-                        tracing::debug!(
-                            partition = p,
-                            offset = msg.offset(),
-                            "tier record read early moves down now"
-                        );
-                    } else {
-                        tracing::warn!(
-                            topic = self.topic,
-                            partition = p,
-                            offset = msg.offset(),
-                            release,
-                            due = env.due_ms,
-                            "tier record of a later turn than its slot holds next: re-routed instead of held"
-                        );
-                        self.shared.metrics.later_turn(tier);
-                    }
-                    return self.route_tier_record(msg, tier, Ok(env), now);
-                }
-                if self
-                    .partitions
-                    .get(p)
-                    .is_some_and(|part| part.drained_since(release))
-                {
-                    tracing::debug!(
-                        topic = self.topic,
-                        partition = p,
-                        offset = msg.offset(),
-                        release,
-                        written = msg.timestamp_ms(),
-                        "late append"
-                    );
-                    self.shared.metrics.late_append(tier);
-                }
-                Ok(env)
-            }
-            Err(e) => Err(e),
-        };
-        self.route_tier_record(msg, tier, env, now)
-    }
-
-    /// Routes (or dead-letters) a tier record that is not held.
-    fn route_tier_record<M: Record + Message + ToOwnedMessage>(
-        &mut self,
-        msg: &M,
-        tier: usize,
-        env: Result<Envelope<'_>, EnvelopeError>,
-        now: i64,
-    ) -> Option<(i64, i64)> {
-        let p = msg.partition();
-        let id = self.partitions.get(p)?.id;
-        let ticket = self
-            .ledger
-            .book_unacked()
-            .take_sized(id, msg.offset(), kv_bytes(msg))?;
-        if self.write_poisoned(msg, ticket, Source::Tier(tier), now) {
-            return None;
-        }
-        match env {
-            Ok(env) => {
-                self.route(msg, &env, ticket, Source::Tier(tier), now);
-            }
-            Err(error) => self.reject(msg, &error, ticket, Source::Tier(tier)),
-        }
-        None
-    }
-
     /// Sends a parsed record on: to its target now, into the timer, or into a tier.
-    fn route<M: Record + Message + ToOwnedMessage>(
+    pub(super) fn route<M: Record + Message + ToOwnedMessage>(
         &mut self,
         msg: &M,
         env: &Envelope<'_>,
@@ -288,7 +84,7 @@ impl ConsumerLoop {
         now: i64,
     ) -> Outcome {
         if self.is_cancelled(env) {
-            self.shared.metrics.cancelled();
+            self.shared.metrics.cancellations.cancelled();
             self.ledger.acknowledge(ticket);
             return Outcome::Cancelled;
         }
@@ -322,7 +118,7 @@ impl ConsumerLoop {
                 let partition = self.table.partition(tier, slot, lane);
                 self.forwarder
                     .write_tier(msg, env, (tier, bucket, partition), ticket, now);
-                if self.order.is_some() {
+                if self.guarantee.is_exactly_once() {
                     self.urge_if_released_soon(self.table.release_time(tier, bucket), now);
                 }
                 Outcome::Tier
@@ -342,7 +138,7 @@ impl ConsumerLoop {
                 id: s.id.as_deref(),
             };
             if self.is_cancelled(&env) {
-                self.shared.metrics.cancelled();
+                self.shared.metrics.cancellations.cancelled();
                 self.ledger.acknowledge(s.ticket);
             } else {
                 self.forwarder
@@ -373,31 +169,10 @@ impl ConsumerLoop {
         cancelled
     }
 
-    /// Ends holds and sleeps that are due: handles the held records in
-    /// order up to the first one of a later turn, which is held again.
-    pub(super) fn wake_partitions(&mut self, now: i64) {
-        let Role::Tier(tier) = self.role else {
-            return;
-        };
-        for p in self.partitions.due(now) {
-            self.partitions.wake(p);
-            while let Some(head) = self.partitions.pop_held(p) {
-                if self.must_wait(p, || head.clone()) {
-                    continue;
-                }
-                if let Some((release, due)) = self.tier_record(&head, tier, now) {
-                    self.partitions.hold(p, head, release, due, now);
-                    break;
-                }
-            }
-            self.partitions.settle(p, now);
-        }
-    }
-
     /// Failed produces: retries, dead letters, blocked partitions; and
     /// records waiting for room in librdkafka's queue.
     pub(super) fn handle_failures(&mut self, now: i64) {
-        if self.order.is_some() {
+        if self.guarantee.is_exactly_once() {
             // Exactly-once: a failed write fails its transaction.
             if self.forwarder.has_failures() {
                 self.abort_transaction("a write failed");
@@ -409,12 +184,9 @@ impl ConsumerLoop {
         }
         let failed = self.forwarder.take_failures();
         if !failed.is_empty() {
-            for f in &failed {
-                if let Some(targets) = &mut self.targets {
-                    targets.forget(&f.record.topic);
-                }
+            if let Stage::Ingress(ingress) = &mut self.stage {
+                ingress.forget_targets(failed.iter().map(|f| f.record.topic.as_str()));
             }
-            self.trusted.0.clear();
             let book = self.ledger.book_unacked();
             let live = |a| book.is_live(a);
             self.failures
@@ -426,47 +198,6 @@ impl ConsumerLoop {
         self.failures.resend_due(&mut self.forwarder, now);
         if self.forwarder.queue_full() {
             self.forwarder.drain_overflow();
-        }
-    }
-
-    /// Parked ingress records whose target is now known.
-    pub(super) fn resolve_parked(&mut self, now: i64) {
-        let Some(targets) = &mut self.targets else {
-            return;
-        };
-        if !targets.receive(now) || self.parked.is_empty() {
-            return;
-        }
-        let parked = std::mem::take(&mut self.parked);
-        for item in parked {
-            let known = match &mut self.targets {
-                Some(t) => t.check(&item.target, now),
-                None => Known::Exists,
-            };
-            if known == Known::Pending {
-                self.parked.push_back(item);
-                continue;
-            }
-            // Parsed again (it parsed before): routing depends on `now`.
-            self.trusted.0.clear();
-            self.ingest_known(&item.record, item.ticket, known, now);
-            self.closed(item.record.partition());
-        }
-    }
-
-    fn ingest_known(&mut self, msg: &OwnedMessage, ticket: Ticket, known: Known, now: i64) {
-        let view = msg.header_view();
-        let policy = self.policy.clone();
-        match envelope::parse_ingress(view.iter(), msg.timestamp_ms(), now, &policy) {
-            Err(error) => self.reject(msg, &error, ticket, Source::Ingress),
-            Ok(env) if known == Known::Missing => {
-                let error = EnvelopeError::UnknownTarget(env.target.to_owned());
-                self.reject(msg, &error, ticket, Source::Ingress);
-            }
-            Ok(env) => {
-                let outcome = self.route(msg, &env, ticket, Source::Ingress, now);
-                self.shared.metrics.ingested(outcome);
-            }
         }
     }
 
@@ -487,7 +218,7 @@ impl ConsumerLoop {
                 }
                 RebalanceEvent::Revoked(list) => {
                     self.partitions.revoke(&list);
-                    if let Some(order) = self.order.as_mut() {
+                    if let Some(order) = self.guarantee.order_mut() {
                         for &p in &list {
                             order.forget(p);
                         }
@@ -502,7 +233,9 @@ impl ConsumerLoop {
                         }
                         keep
                     });
-                    self.parked.retain(|p| live(p.ticket.assignment()));
+                    if let Stage::Ingress(ingress) = &mut self.stage {
+                        ingress.parked.retain(|p| live(p.ticket.assignment()));
+                    }
                     self.failures.drop_revoked(live);
                     drop(book);
                     self.timer_bytes -= freed;

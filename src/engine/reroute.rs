@@ -60,11 +60,11 @@ impl ConsumerLoop {
             return self.forwarder.resend(record, inflight);
         };
         if self.is_cancelled(&env) {
-            self.shared.metrics.cancelled();
+            self.shared.metrics.cancellations.cancelled();
             self.ledger.acknowledge(inflight.ticket);
             return;
         }
-        let from = self.role.source();
+        let from = self.role().source();
         match self.table.route(now, env.due_ms) {
             Route::Deliver => {
                 self.forwarder

@@ -1,5 +1,7 @@
-//! librdkafka client configuration: our defaults, then the user's
-//! `[kafka.*properties]`, then the few settings correctness depends on.
+//! The Kafka layer: librdkafka client configuration (here: our defaults,
+//! then the user's `[kafka.*properties]`, then the few settings correctness
+//! depends on), the FFI module ([`native`]), topic specs and `topics apply`
+//! ([`topics`]), and target look-ups off the loop's thread ([`targets`]).
 
 #[allow(unsafe_code)]
 pub mod native;
@@ -101,29 +103,65 @@ pub fn producer_config(settings: &Settings) -> ClientConfig {
     config
 }
 
+/// The producer of one consumer loop: [`producer_config`], and in
+/// exactly-once mode (`transactional_label`: the loop's label) a
+/// transactional id, the transaction timeout, and `message.timeout.ms` no
+/// longer than it (librdkafka requires it).
+pub fn loop_producer_config(
+    settings: &Settings,
+    transactional_label: Option<&str>,
+) -> ClientConfig {
+    let mut config = producer_config(settings);
+    if let Some(label) = transactional_label {
+        config.set("transactional.id", settings.transactional_id(label));
+        let txn_ms = settings.delivery.transaction_timeout.as_millis() as u64;
+        config.set("transaction.timeout.ms", txn_ms.to_string());
+        let message_ms = config
+            .get("message.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(txn_ms, |ms| ms.min(txn_ms));
+        config.set("message.timeout.ms", message_ms.to_string());
+    }
+    config
+}
+
+/// The consumer of one consumer loop, in group `group`: [`consumer_config`]
+/// with static membership when `delivery.instance_id` is set (KIP-345: a
+/// restart under the same name takes its partitions back without a
+/// rebalance). A tier loop (`tier_lead_ms`: its tier's lead time) gets
+/// end-of-partition events and, unless the user set `fetch.wait.max.ms`, a
+/// fetch wait of half its lead time (10 to 100 ms): brokers that do not wake
+/// a waiting fetch (Tansu) answer an empty partition after that wait, so a
+/// tier loop fetches its drained partitions far less often than the
+/// ingress.
+pub fn loop_consumer_config(
+    settings: &Settings,
+    group: &str,
+    tier_lead_ms: Option<i64>,
+) -> ClientConfig {
+    let mut config = consumer_config(settings, group, tier_lead_ms.is_some());
+    if let Some(id) = &settings.delivery.instance_id {
+        config.set("group.instance.id", id);
+    }
+    if let Some(lead_ms) = tier_lead_ms {
+        let user_set = settings.kafka.properties.contains_key("fetch.wait.max.ms")
+            || settings
+                .kafka
+                .consumer_properties
+                .contains_key("fetch.wait.max.ms");
+        if !user_set {
+            let wait = (lead_ms / 2).clamp(10, 100);
+            config.set("fetch.wait.max.ms", wait.to_string());
+        }
+    }
+    config
+}
+
 /// The admin client's configuration (shared properties only).
 pub fn admin_config(settings: &Settings) -> ClientConfig {
     let mut config = base(settings);
     apply(&mut config, user(settings, &Default::default()));
     config
-}
-
-/// Keys whose values must never be printed: librdkafka's passwords, keys,
-/// secrets and tokens, however they are spelt.
-pub fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "pass",
-        "secret",
-        "token",
-        "jaas",
-        "key",
-        "credential",
-        "pem",
-        "cert",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
 }
 
 /// Describes a client error without ever echoing a property's value:
@@ -135,7 +173,8 @@ pub fn describe(error: &rdkafka::error::KafkaError) -> String {
     use rdkafka::types::RDKafkaConfRes;
     match error {
         KafkaError::ClientConfig(res, desc, key, value) => {
-            let shown = *res == RDKafkaConfRes::RD_KAFKA_CONF_INVALID && !is_secret_key(key);
+            let shown =
+                *res == RDKafkaConfRes::RD_KAFKA_CONF_INVALID && !crate::config::is_secret_key(key);
             let desc = if value.is_empty() {
                 desc.clone()
             } else {

@@ -136,8 +136,8 @@ fn exactly_once_delivers_every_tier_once_never_early() {
         percentile(&lateness, 0.99),
         percentile(&lateness, 1.0)
     );
-    let committed = service.metrics.transactions_committed_total();
-    let aborted = service.metrics.transactions_aborted_total();
+    let committed = service.metrics.transactions.committed_total();
+    let aborted = service.metrics.transactions.aborted_total();
     println!(
         "exactly-once: {n} records, {} arrivals, {duplicates} duplicates, worst lateness \
          {worst} ms, {committed} transactions committed, {aborted} aborted",
@@ -387,7 +387,7 @@ fn exactly_once_dead_letters_a_record_that_cannot_be_written_and_moves_on() {
             .is_some(),
         "the dead letter was cut down to fit"
     );
-    let aborted = service.metrics.transactions_aborted_total();
+    let aborted = service.metrics.transactions.aborted_total();
     println!(
         "poisoned record: {aborted} transactions aborted, then dead-lettered ({} bytes kept); {n} records behind it delivered once",
         letter.msg.payload().map_or(0, <[u8]>::len)
@@ -434,6 +434,7 @@ fn exactly_once_dead_letters_only_the_record_whose_write_failed() {
     assert!(
         wait_until(Duration::from_secs(30), || service
             .metrics
+            .delivery
             .delivered_total()
             >= 1),
         "the first record to the doomed target was not delivered"
@@ -486,7 +487,7 @@ fn exactly_once_dead_letters_only_the_record_whose_write_failed() {
             .map(|a| a.header(kafka_delay::model::envelope::ERROR).unwrap_or_default())
             .map(|e| e.chars().take(80).collect::<String>())
             .collect::<Vec<_>>(),
-        service.metrics.transactions_aborted_total()
+        service.metrics.transactions.aborted_total()
     );
     assert!(
         missing.is_empty(),
@@ -495,7 +496,7 @@ fn exactly_once_dead_letters_only_the_record_whose_write_failed() {
         &missing[..missing.len().min(10)]
     );
     assert!(
-        service.metrics.transactions_aborted_total() >= 1
+        service.metrics.transactions.aborted_total() >= 1
             && dead_values.contains(&"orphan".to_owned()),
         "the broker accepted the write to the deleted topic: nothing was shown"
     );

@@ -97,13 +97,13 @@ fn every_tier_delivers_once_never_early_with_headers_intact() {
         assert!(a.header(envelope::ORIGINAL_TIMESTAMP).is_some());
     }
     lateness.sort_unstable();
-    let writes = service.metrics.tier_writes_total() as f64 / n as f64;
+    let writes = service.metrics.tier.writes_total() as f64 / n as f64;
     println!(
         "lateness ms: p50 {} p99 {} max {}; tier writes per record {writes:.2}; late appends {}",
         percentile(&lateness, 0.5),
         percentile(&lateness, 0.99),
         percentile(&lateness, 1.0),
-        service.metrics.late_appends_total(),
+        service.metrics.tier.late_appends_total(),
     );
     assert!(
         percentile(&lateness, 1.0) <= LATENESS_BOUND_MS,

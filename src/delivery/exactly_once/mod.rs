@@ -188,7 +188,8 @@ impl Transaction {
             return Err(self.fail(&error, sent));
         }
         self.metrics
-            .transaction_committed(self.opened.elapsed().as_secs_f64());
+            .transactions
+            .committed(self.opened.elapsed().as_secs_f64());
         self.begin(sent)
     }
 
@@ -218,7 +219,7 @@ impl Transaction {
         if let Err(error) = self.producer.abort_transaction(self.timeout) {
             return TransactionError::Fatal(format!("abort failed: {error}"));
         }
-        self.metrics.transaction_aborted();
+        self.metrics.transactions.aborted();
         match self.begin(sent) {
             Ok(()) => TransactionError::Aborted(why.to_owned()),
             Err(e) => e,

@@ -114,7 +114,9 @@ impl CancelReader {
         }
         progress.total.store(total, Ordering::Relaxed);
         consumer.assign(&tpl)?;
-        metrics.set_cancellations_limit(settings.service.max_cancellations);
+        metrics
+            .cancellations
+            .set_limit(settings.service.max_cancellations);
         let stop = Arc::new(AtomicBool::new(false));
         let read_loop = ReadLoop {
             topic: topic.clone(),
@@ -232,7 +234,7 @@ impl ReadLoop {
                             .cancel_reader
                             .loaded
                             .store(true, Ordering::Relaxed);
-                        self.metrics.set_cancel_reader(0, true);
+                        self.metrics.cancellations.set_reader(0, true);
                         tracing::info!(
                             topic = self.topic,
                             read = self.progress.read.load(Ordering::Relaxed),
@@ -251,7 +253,7 @@ impl ReadLoop {
             if last_expiry.elapsed() >= Duration::from_secs(1) {
                 last_expiry = Instant::now();
                 let outstanding = self.cancellations.expire(now_ms());
-                self.metrics.set_cancellations_outstanding(outstanding);
+                self.metrics.cancellations.set_outstanding(outstanding);
                 if outstanding < self.cancellations.limit() {
                     refused_logged = false;
                 }
@@ -268,7 +270,7 @@ impl ReadLoop {
         let (id, cancel) = match parse_record(msg.key(), msg.payload()) {
             Ok(parsed) => parsed,
             Err(error) => {
-                self.metrics.cancellation_invalid();
+                self.metrics.cancellations.invalid();
                 tracing::warn!(%error, partition = msg.partition(), offset = msg.offset(), "cancellation record ignored");
                 return;
             }
@@ -277,7 +279,7 @@ impl ReadLoop {
         let issued = msg.timestamp().to_millis().unwrap_or(now);
         if let Some(c) = &cancel {
             if issued > c.until {
-                self.metrics.cancellation_too_late();
+                self.metrics.cancellations.too_late();
                 tracing::info!(
                     id,
                     until = c.until,
@@ -295,7 +297,7 @@ impl ReadLoop {
             "cancellation"
         );
         if self.cancellations.apply(id, cancel) == Applied::Refused {
-            self.metrics.cancellation_refused();
+            self.metrics.cancellations.refused();
             if !*refused_logged {
                 *refused_logged = true;
                 tracing::error!(
@@ -339,7 +341,7 @@ impl ReadLoop {
                 }
             }
         }
-        self.metrics.set_cancel_reader(lag, up);
+        self.metrics.cancellations.set_reader(lag, up);
     }
 }
 

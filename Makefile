@@ -53,7 +53,7 @@ test: deps broker quick-broker
 	RUST_BACKTRACE=0 cargo test -p kafka-delay --test integration exactly_once -- --test-threads 1
 
 ## Header fuzzing for longer than `make test` does (cases through librdkafka's
-## own header objects and both parsers; see src/envelope/tests.rs).
+## own header objects and both parsers; see src/model/envelope/tests.rs).
 FUZZ_CASES ?= 200000
 fuzz:
 	KAFKA_DELAY_FUZZ_CASES=$(FUZZ_CASES) cargo test -p kafka-delay --lib fuzz_header -- --nocapture

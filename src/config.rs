@@ -4,6 +4,9 @@
 //! Durations are human strings (`"1s"`, `"250ms"`, `"365d"`, humantime
 //! syntax). Unknown keys are rejected. Every validation error names the key
 //! and the fix; `main` exits with code 64 (EX_USAGE) on any of them.
+//!
+//! Over 500 lines: every section of the configuration with its validation,
+//! read top to bottom (docs/architecture.md, "Files over 500 lines").
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -177,7 +180,7 @@ impl Default for TopicSettings {
     }
 }
 
-/// `[wheel]`: the tier table (DESIGN §2).
+/// `[wheel]`: the tier table (docs/architecture.md, "The wheel").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WheelSettings {

@@ -22,6 +22,10 @@
 //! false, `kafka_delay_partitions_blocked`) until one succeeds: never spin,
 //! never skip. Dead letters of a failed delivery carry `x-target-topic` and
 //! `x-deliver-at`, so they can be published to the ingress again as they are.
+//!
+//! Over 500 lines: every failure path of a write (classification, retry, dead
+//! letter, block) in one place, with its tests (docs/architecture.md, "Files
+//! over 500 lines").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -12,6 +12,10 @@
 //! holds a NUL byte passes through unchanged. When librdkafka's queue is
 //! full the record is kept here ([`Forwarder::queue_full`]) and the loop
 //! pauses its sources while it keeps polling; nothing blocks.
+//!
+//! Over 500 lines: one write path (target, tier, dead letter) and the
+//! delivery callback that acknowledges it (docs/architecture.md, "Files over
+//! 500 lines").
 
 mod record;
 
@@ -432,13 +436,15 @@ impl Forwarder {
         std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// The count of writes issued, shared (for [`crate::delivery::exactly_once`]).
-    pub fn sent_counter(&self) -> Arc<AtomicU64> {
+    /// The count of writes issued, shared with this layer's transaction
+    /// ([`crate::delivery::exactly_once`]) only.
+    pub(super) fn sent_counter(&self) -> Arc<AtomicU64> {
         self.sent.clone()
     }
 
-    /// The failures queue, shared (a transaction aborts when it is not empty).
-    pub fn failures_handle(&self) -> Arc<Mutex<Vec<Failure>>> {
+    /// The failures queue, shared with this layer's transaction only (it
+    /// aborts when the queue is not empty).
+    pub(super) fn failures_handle(&self) -> Arc<Mutex<Vec<Failure>>> {
         self.failures.clone()
     }
 

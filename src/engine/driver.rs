@@ -2,6 +2,9 @@
 //! runs it — fire timers, wake partitions, handle failures and target
 //! answers, housekeeping, commit, gauges, poll a burst, apply rebalances —
 //! until the stop flag, then shuts down (flush, commit, leave the group).
+//!
+//! Over 500 lines: one loop: its construction and every step of a turn, read
+//! top to bottom (docs/architecture.md, "Files over 500 lines").
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

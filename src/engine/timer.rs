@@ -3,7 +3,7 @@
 //!
 //! Ordered by (due time, insertion sequence): records with equal due times
 //! fire in the order they were scheduled, which is source-offset order for
-//! one source partition (DESIGN §1 tie-break). Memory is bounded by the
+//! one source partition (docs/architecture.md, "Ordering"). Memory is bounded by the
 //! due-soon window, not by the number of pending records.
 
 use std::cmp::{Ordering, Reverse};

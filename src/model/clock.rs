@@ -1,7 +1,7 @@
 //! Wall-clock time, and an estimate of how far this instance's clock is
 //! from the broker's.
 //!
-//! Releases and due times use the local clock (DESIGN §3). The offset is
+//! Releases and due times use the local clock (docs/architecture.md, "Invariants"). The offset is
 //! estimated from tier writes: tier topics are created with
 //! `message.timestamp.type=LogAppendTime`, so the broker stamps each tier
 //! record with its own clock and returns the stamp in the produce

@@ -5,7 +5,7 @@
 //!
 //! The design follows Varghese & Lauck, "Hashed and hierarchical timing
 //! wheels" (1987), as used by Kafka's own request purgatory, with Kafka
-//! partitions as the wheel's buckets (see DESIGN §2):
+//! partitions as the wheel's buckets (see docs/architecture.md, "The wheel"):
 //!
 //! * tier `L` has a tick `tick_L`; bucket `b = floor(due / tick_L)` lives in
 //!   slot `b mod slots_L`; a slot is `K` strided partitions;
@@ -139,7 +139,7 @@ pub enum WheelError {
     },
 }
 
-/// Produce latency the slot margin allows for, ms (DESIGN §2 simulations).
+/// Produce latency the slot margin allows for, ms (docs/architecture.md, "The wheel").
 pub const PRODUCE_LATENCY_MS: i64 = 200;
 
 /// Upper bound on the slots of one tier (a tier topic has `slots × K`

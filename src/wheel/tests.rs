@@ -1,4 +1,4 @@
-//! Unit and property tests of the tier table and routing (DESIGN §2).
+//! Unit and property tests of the tier table and routing (docs/architecture.md, "The wheel").
 
 use super::*;
 use proptest::prelude::*;

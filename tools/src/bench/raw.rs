@@ -1,6 +1,6 @@
 //! The baseline: a plain consume→produce copy, the fastest honest shape
 //! measured here (BaseConsumer + ThreadedProducer with a delivery callback
-//! counting acknowledgements; DESIGN §6), with the service's own client
+//! counting acknowledgements; docs/architecture.md, "The benchmark baseline"), with the service's own client
 //! settings (`kafka::consumer_config`, `kafka::producer_config`: the same
 //! fetch waits, linger, idempotence and acks) and the service's own produce
 //! path (`kafka_delay::kafka::native`: headers read as bytes and copied with

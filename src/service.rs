@@ -122,7 +122,7 @@ fn verify_topics(settings: &Settings, spec: &Spec, stop: &AtomicBool) -> Result<
                 return Err(TopicsError::Unreachable {
                     bootstrap: settings.kafka.bootstrap_servers.clone(),
                     waited: *settings.service.startup_timeout,
-                    error: crate::kafka::describe(&error),
+                    error,
                 }
                 .into())
             }

@@ -29,7 +29,7 @@ pub(super) fn apply(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| TopicsError::Drift(e.to_string()))?;
+            .map_err(TopicsError::Runtime)?;
         runtime.block_on(topics::apply(settings, &spec))
     });
     match result {

@@ -114,9 +114,9 @@ impl ConsumerLoop {
                 settings,
                 shared.metrics.clone(),
             )
-            .map_err(|e| EngineError::Transactions {
+            .map_err(|error| EngineError::Transactions {
                 topic: topic.clone(),
-                error: kafka::describe(&e),
+                error,
             })?;
             Some(txn)
         } else {

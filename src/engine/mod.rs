@@ -75,8 +75,12 @@ pub enum EngineError {
     Kafka(#[from] KafkaError),
     #[error("cannot start a thread: {0}")]
     Thread(#[from] std::io::Error),
-    #[error("delivery.mode = \"exactly_once\" needs a broker with Kafka transactions; the {topic} producer could not register: {error}. Fix: use a broker that supports transactions, or set delivery.mode = \"at_least_once\"")]
-    Transactions { topic: String, error: String },
+    #[error("delivery.mode = \"exactly_once\" needs a broker with Kafka transactions; the {topic} producer could not register: {}. Fix: use a broker that supports transactions, or set delivery.mode = \"at_least_once\"", crate::kafka::describe(.error))]
+    Transactions {
+        topic: String,
+        #[source]
+        error: KafkaError,
+    },
     #[error("the {topic} producer failed fatally ({error}); exiting so that the orchestrator restarts the instance (nothing unacknowledged was committed)")]
     FatalProducer { topic: String, error: String },
 }

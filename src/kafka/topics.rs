@@ -32,20 +32,33 @@ pub const DEFAULT_SPEC: &str = include_str!("../../topics/topics.toml");
 #[allow(missing_docs)]
 #[derive(Debug, Error)]
 pub enum TopicsError {
+    #[error("cannot read topic spec {path}: {error}")]
+    SpecRead {
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
     #[error("topic spec {path}: {error}")]
-    Spec { path: String, error: String },
+    SpecParse {
+        path: String,
+        #[source]
+        error: toml::de::Error,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("kafka: {}", crate::kafka::describe(.0))]
     Kafka(#[from] KafkaError),
     #[error("{0}")]
     Drift(String),
-    #[error("no answer from the cluster at {bootstrap} (kafka.bootstrap_servers) within {waited:?}: {error}. Fix: check the address, the network and the credentials, or raise service.startup_timeout")]
+    #[error("no answer from the cluster at {bootstrap} (kafka.bootstrap_servers) within {waited:?}: {}. Fix: check the address, the network and the credentials, or raise service.startup_timeout", crate::kafka::describe(.error))]
     Unreachable {
         bootstrap: String,
         waited: Duration,
-        error: String,
+        #[source]
+        error: KafkaError,
     },
+    #[error("cannot start the admin client's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// The spec file.
@@ -109,17 +122,14 @@ impl Spec {
         let (name, text) = match path {
             Some(p) => (
                 p.display().to_string(),
-                std::fs::read_to_string(p).map_err(|e| TopicsError::Spec {
+                std::fs::read_to_string(p).map_err(|error| TopicsError::SpecRead {
                     path: p.display().to_string(),
-                    error: e.to_string(),
+                    error,
                 })?,
             ),
             None => ("(built-in)".to_owned(), DEFAULT_SPEC.to_owned()),
         };
-        toml::from_str(&text).map_err(|e| TopicsError::Spec {
-            path: name,
-            error: e.to_string(),
-        })
+        toml::from_str(&text).map_err(|error| TopicsError::SpecParse { path: name, error })
     }
 
     /// Every topic the service needs: ingress, dead-letter, cancel, then the

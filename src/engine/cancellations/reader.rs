@@ -46,6 +46,8 @@ pub enum ReaderError {
     Topic { topic: String, error: String },
     #[error("kafka: {}", crate::kafka::describe(.0))]
     Kafka(#[from] KafkaError),
+    #[error("cannot start the cancel reader's thread: {0}")]
+    Thread(#[from] std::io::Error),
     #[error("the cancel topic {topic} made no progress for {waited:?} while loading ({read} of about {total} records read). Fix: check the cluster, or raise service.startup_timeout")]
     NotLoaded {
         topic: String,
@@ -130,11 +132,7 @@ impl CancelReader {
         };
         let thread = std::thread::Builder::new()
             .name("kd-cancel".into())
-            .spawn(move || read_loop.run(&consumer))
-            .map_err(|e| ReaderError::Topic {
-                topic: topic.clone(),
-                error: e.to_string(),
-            })?;
+            .spawn(move || read_loop.run(&consumer))?;
         Ok(Self {
             stop,
             progress,

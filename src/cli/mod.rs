@@ -191,12 +191,10 @@ pub fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let when = match (delay, deliver_at) {
-                (_, Some(at)) => produce::When::At(at),
-                (Some(d), None) => produce::When::Delay(d),
-                (None, None) => return exit::usage("give --delay or --deliver-at"),
-            };
-            reschedule::command(&settings, &id, &when)
+            match when(delay, deliver_at) {
+                Some(when) => reschedule::command(&settings, &id, &when),
+                None => exit::usage("give --delay or --deliver-at"),
+            }
         }
         Command::Cancel {
             config,
@@ -220,11 +218,7 @@ pub fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let when = match (delay, deliver_at) {
-                (_, Some(at)) => produce::When::At(at),
-                (Some(d), None) => produce::When::Delay(d),
-                (None, None) => produce::When::Delay(Duration::ZERO),
-            };
+            let when = when(delay, deliver_at).unwrap_or(produce::When::Delay(Duration::ZERO));
             produce::command(
                 &settings,
                 &target,
@@ -234,6 +228,16 @@ pub fn main() -> ExitCode {
                 value,
             )
         }
+    }
+}
+
+/// The due time `--delay` or `--deliver-at` give (`--deliver-at` wins;
+/// clap keeps them exclusive); None when neither is given.
+fn when(delay: Option<Duration>, deliver_at: Option<String>) -> Option<produce::When> {
+    match (delay, deliver_at) {
+        (_, Some(at)) => Some(produce::When::At(at)),
+        (Some(d), None) => Some(produce::When::Delay(d)),
+        (None, None) => None,
     }
 }
 

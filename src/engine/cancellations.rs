@@ -128,18 +128,10 @@ impl Cancellations {
 mod tests {
     use super::*;
 
-    fn cancel(before: i64, until: i64, target: Option<&str>) -> Cancel {
-        Cancel {
-            before,
-            until,
-            target: target.map(str::to_owned),
-        }
-    }
-
     #[test]
     fn a_cancellation_covers_records_published_before_it_only() {
         let c = Cancellations::default();
-        c.apply("order-42", Some(cancel(1_000, 9_000, None)));
+        c.apply("order-42", Some(Cancel::of(1_000, 9_000, None)));
         assert!(c.cancels("order-42", "any", 999));
         assert!(
             !c.cancels("order-42", "any", 1_000),
@@ -151,7 +143,7 @@ mod tests {
     #[test]
     fn a_target_narrows_a_cancellation() {
         let c = Cancellations::default();
-        c.apply("x", Some(cancel(1_000, 9_000, Some("orders"))));
+        c.apply("x", Some(Cancel::of(1_000, 9_000, Some("orders"))));
         assert!(c.cancels("x", "orders", 10));
         assert!(!c.cancels("x", "billing", 10));
     }
@@ -159,8 +151,8 @@ mod tests {
     #[test]
     fn the_latest_record_per_id_wins_and_a_tombstone_withdraws() {
         let c = Cancellations::default();
-        c.apply("x", Some(cancel(1_000, 9_000, None)));
-        c.apply("x", Some(cancel(2_000, 9_000, None)));
+        c.apply("x", Some(Cancel::of(1_000, 9_000, None)));
+        c.apply("x", Some(Cancel::of(2_000, 9_000, None)));
         assert!(c.cancels("x", "t", 1_500));
         c.apply("x", None);
         assert!(!c.cancels("x", "t", 1_500));
@@ -170,8 +162,8 @@ mod tests {
     #[test]
     fn cancellations_expire_after_their_latest_due_time() {
         let c = Cancellations::default();
-        c.apply("old", Some(cancel(1_000, 5_000, None)));
-        c.apply("new", Some(cancel(1_000, 50_000_000, None)));
+        c.apply("old", Some(Cancel::of(1_000, 5_000, None)));
+        c.apply("new", Some(Cancel::of(1_000, 50_000_000, None)));
         assert_eq!(c.expire(5_000 + EXPIRY_SLACK_MS), 2);
         assert_eq!(c.expire(5_001 + EXPIRY_SLACK_MS), 1);
         assert!(!c.cancels("old", "t", 10));
@@ -181,11 +173,11 @@ mod tests {
     #[test]
     fn until_is_clamped_to_the_maximum_delay_from_when_it_is_read() {
         let max_delay = 3_600_000;
-        let forever = cancel(1_000, i64::MAX, None).bounded(2_000, max_delay);
+        let forever = Cancel::of(1_000, i64::MAX, None).bounded(2_000, max_delay);
         assert_eq!(forever.until, 2_000 + max_delay);
-        let near = cancel(1_000, 5_000, None).bounded(2_000, max_delay);
+        let near = Cancel::of(1_000, 5_000, None).bounded(2_000, max_delay);
         assert_eq!(near.until, 5_000, "a near until is kept");
-        let future_before = cancel(i64::MAX - 1, i64::MAX, None).bounded(2_000, max_delay);
+        let future_before = Cancel::of(i64::MAX - 1, i64::MAX, None).bounded(2_000, max_delay);
         assert!(future_before.until >= future_before.before);
         let c = Cancellations::default();
         c.apply("x", Some(forever));
@@ -195,15 +187,21 @@ mod tests {
     #[test]
     fn beyond_the_limit_new_ids_are_refused_and_old_ones_kept() {
         let c = Cancellations::with_limit(2);
-        assert_eq!(c.apply("a", Some(cancel(10, 20, None))), Applied::Added);
-        assert_eq!(c.apply("b", Some(cancel(10, 20, None))), Applied::Added);
-        assert_eq!(c.apply("c", Some(cancel(10, 20, None))), Applied::Refused);
+        assert_eq!(c.apply("a", Some(Cancel::of(10, 20, None))), Applied::Added);
+        assert_eq!(c.apply("b", Some(Cancel::of(10, 20, None))), Applied::Added);
+        assert_eq!(
+            c.apply("c", Some(Cancel::of(10, 20, None))),
+            Applied::Refused
+        );
         assert!(c.cancels("a", "t", 5) && c.cancels("b", "t", 5));
         assert!(!c.cancels("c", "t", 5));
-        assert_eq!(c.apply("a", Some(cancel(30, 40, None))), Applied::Replaced);
+        assert_eq!(
+            c.apply("a", Some(Cancel::of(30, 40, None))),
+            Applied::Replaced
+        );
         assert!(c.cancels("a", "t", 25), "an held id is still updated");
         assert_eq!(c.apply("b", None), Applied::Withdrawn);
-        assert_eq!(c.apply("c", Some(cancel(10, 20, None))), Applied::Added);
+        assert_eq!(c.apply("c", Some(Cancel::of(10, 20, None))), Applied::Added);
         assert_eq!(c.len(), 2);
     }
 }

@@ -89,6 +89,19 @@ impl Cancel {
     }
 }
 
+#[cfg(test)]
+impl Cancel {
+    /// A cancellation of records published before `before` and due by
+    /// `until` (epoch ms), for `target` when given.
+    pub(crate) fn of(before: i64, until: i64, target: Option<&str>) -> Self {
+        Self {
+            before,
+            until,
+            target: target.map(str::to_owned),
+        }
+    }
+}
+
 /// Checks an `x-delay-id` value: UTF-8, 1 to [`ID_MAX_BYTES`] bytes.
 pub fn parse_id(raw: &[u8]) -> Option<&str> {
     if raw.is_empty() || raw.len() > ID_MAX_BYTES {

@@ -1,13 +1,5 @@
 use super::*;
 
-fn cancel(before: i64, until: i64, target: Option<&str>) -> Cancel {
-    Cancel {
-        before,
-        until,
-        target: target.map(str::to_owned),
-    }
-}
-
 #[test]
 fn a_target_must_be_a_topic_name() {
     let huge = format!(
@@ -35,7 +27,7 @@ fn records_of_the_cancel_topic_are_parsed_strictly() {
     let json = br#"{"before": 10, "until": 20, "target": "t"}"#;
     assert_eq!(
         parse_record(Some(b"id-1"), Some(json)),
-        Ok(("id-1", Some(cancel(10, 20, Some("t")))))
+        Ok(("id-1", Some(Cancel::of(10, 20, Some("t")))))
     );
     assert_eq!(parse_record(Some(b"id-1"), None), Ok(("id-1", None)));
     assert_eq!(parse_record(Some(b"id-1"), Some(b"")), Ok(("id-1", None)));

@@ -19,10 +19,8 @@ impl LoopMetrics {
     /// Registers this domain's metrics in `r`; `source` are the label
     /// values of the loops' topics (`ingress`, then the tiers).
     pub(super) fn new(r: &Registry, source: &[&str]) -> Self {
-        let source_gauge = |name: &str, help: &str| {
-            let vec = gauge_vec(r, name, help, "source");
-            children(source, |l| vec.with_label_values(&[l]))
-        };
+        let source_gauge =
+            |name: &str, help: &str| labelled_gauges(r, (name, help), "source", source);
         Self {
             assigned: source_gauge(
                 "kafka_delay_partitions_assigned",

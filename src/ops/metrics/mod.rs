@@ -136,6 +136,28 @@ pub(super) fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter
     )
 }
 
+/// One counter per value of `label` (children of a vector registered as `name`).
+pub(super) fn labelled_counters(
+    r: &Registry,
+    (name, help): (&str, &str),
+    label: &str,
+    values: &[&str],
+) -> Vec<IntCounter> {
+    let vec = counter_vec(r, name, help, label);
+    children(values, |l| vec.with_label_values(&[l]))
+}
+
+/// One gauge per value of `label` (children of a vector registered as `name`).
+pub(super) fn labelled_gauges(
+    r: &Registry,
+    (name, help): (&str, &str),
+    label: &str,
+    values: &[&str],
+) -> Vec<IntGauge> {
+    let vec = gauge_vec(r, name, help, label);
+    children(values, |l| vec.with_label_values(&[l]))
+}
+
 pub(super) fn children<V>(labels: &[&str], child: impl Fn(&str) -> V) -> Vec<V> {
     labels.iter().map(|l| child(l)).collect()
 }

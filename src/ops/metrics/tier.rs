@@ -17,14 +17,8 @@ pub struct TierMetrics {
 impl TierMetrics {
     /// Registers this domain's metrics in `r`; `tier` are the tier labels.
     pub(super) fn new(r: &Registry, tier: &[&str]) -> Self {
-        let per_tier = |name: &str, help: &str| {
-            let vec = counter_vec(r, name, help, "tier");
-            children(tier, |l| vec.with_label_values(&[l]))
-        };
-        let tier_gauge = |name: &str, help: &str| {
-            let vec = gauge_vec(r, name, help, "tier");
-            children(tier, |l| vec.with_label_values(&[l]))
-        };
+        let per_tier = |name: &str, help: &str| labelled_counters(r, (name, help), "tier", tier);
+        let tier_gauge = |name: &str, help: &str| labelled_gauges(r, (name, help), "tier", tier);
         Self {
             tier_writes: per_tier(
                 "kafka_delay_tier_writes_total",

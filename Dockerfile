@@ -25,7 +25,9 @@ COPY src ./src
 COPY topics ./topics
 COPY config ./config
 COPY tools/src ./tools/src
-RUN cargo build --release --locked -p kafka-delay --bin kafka-delay \
+# The revision becomes the `revision` label of kafka_delay_build_info.
+ARG REVISION=unknown
+RUN KAFKA_DELAY_REVISION="${REVISION}" cargo build --release --locked -p kafka-delay --bin kafka-delay \
     && strip target/release/kafka-delay
 
 FROM debian:bookworm-slim

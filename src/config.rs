@@ -348,6 +348,24 @@ pub fn tick_label(tick_ms: i64) -> String {
         .unwrap_or_else(|| format!("{tick_ms}ms"))
 }
 
+/// The tick (ms) of a tier label as [`tick_label`] writes it (`50ms`, `1s`,
+/// `1m`, `1h`, `1d`); None for anything else, including a label written
+/// another way (`60s` is `1m`).
+pub fn parse_tick_label(label: &str) -> Option<i64> {
+    let digits = label.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = label.split_at(digits);
+    let unit_ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    let tick_ms = number.parse::<i64>().ok()?.checked_mul(unit_ms)?;
+    (tick_ms > 0 && tick_label(tick_ms) == label).then_some(tick_ms)
+}
+
 fn ms(d: &Serde<Duration>) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -526,6 +544,16 @@ impl Settings {
     /// instances (a group over several topics balances only the total).
     pub fn group_of(&self, label: &str) -> String {
         format!("{}.{label}", self.kafka.group_id)
+    }
+
+    /// The label of `topic` when it is a tier topic of an earlier wheel
+    /// layout: `topics.tier_prefix` followed by a tick label, and none of
+    /// the `current` tier topics. Such a topic may still hold records; the
+    /// service drains it (docs/architecture.md, "Changing the wheel").
+    pub fn retired_tier_label(&self, topic: &str, current: &[String]) -> Option<String> {
+        let label = topic.strip_prefix(&self.topics.tier_prefix)?;
+        (parse_tick_label(label).is_some() && !current.iter().any(|c| c == topic))
+            .then(|| label.to_owned())
     }
 
     /// Tier topic names, lowest tier first.

@@ -179,6 +179,28 @@ pub fn run_with(
         return Ok(());
     }
     metrics.cancellations.set_outstanding(cancellations.len());
+    // Tier topics of an earlier layout are drained into this one: nothing
+    // routes to them any more, but they may hold records.
+    let retired = topics::retired_tiers(settings)?;
+    for r in &retired {
+        tracing::warn!(
+            topic = r.topic,
+            records = r.records,
+            group = %settings.group_of(&r.label),
+            "tier topic of an earlier wheel layout: draining its records into the current tiers; delete it once `kafka-delay pending` shows none left in it"
+        );
+    }
+    let retired_names: Vec<String> = retired
+        .iter()
+        .map(|r| format!("retired-{}", r.label))
+        .collect();
+    // Retired loops report to a health list of their own: draining an old
+    // layout does not decide readiness.
+    let retired_health = Arc::new(Health::new(&retired_names));
+    let roles: Vec<Role> = roles
+        .into_iter()
+        .chain((0..retired.len()).map(Role::Retired))
+        .collect();
     let shared = Shared {
         metrics: metrics.clone(),
         cancellations,
@@ -191,12 +213,21 @@ pub fn run_with(
             roles.len(),
         )),
         clock: Arc::new(OffsetEstimator::default()),
+        retired: Arc::new(retired),
     };
     let limit_ms = settings.wheel.max_clock_skew.as_millis() as i64;
-    let names = loop_names(settings).map_err(EngineError::from)?;
+    let mut names = loop_names(settings).map_err(EngineError::from)?;
+    names.extend(retired_names);
     let mut threads = Vec::new();
     for (index, role) in roles.into_iter().enumerate() {
-        let consumer_loop = ConsumerLoop::new(settings, role, index, shared.clone())?;
+        let shared = match role {
+            Role::Retired(_) => Shared {
+                health: retired_health.clone(),
+                ..shared.clone()
+            },
+            _ => shared.clone(),
+        };
+        let consumer_loop = ConsumerLoop::new(settings, role, index, shared)?;
         threads.push(spawn_loop(&names[index], stop.clone(), move |flag| {
             consumer_loop.run(flag)
         })?);

@@ -314,3 +314,43 @@ fn debug_output_of_settings_redacts_secret_properties() {
     }
     assert!(shown.contains("visible-client") && shown.contains("<redacted>"));
 }
+
+#[test]
+fn tick_labels_parse_back_and_retired_tiers_are_recognised() {
+    for tick_ms in [
+        50, 100, 500, 1_000, 5_000, 60_000, 3_600_000, 86_400_000, 1_500,
+    ] {
+        assert_eq!(parse_tick_label(&tick_label(tick_ms)), Some(tick_ms));
+    }
+    for label in [
+        "",
+        "s",
+        "60s",
+        "0s",
+        "1x",
+        "1.5s",
+        "ingress",
+        "dead-letter",
+        "-1s",
+    ] {
+        assert_eq!(parse_tick_label(label), None, "{label:?}");
+    }
+    let settings = Settings::default();
+    let table = settings.tier_table().unwrap();
+    let current = settings.tier_topics(&table);
+    let prefix = &settings.topics.tier_prefix;
+    assert_eq!(
+        settings.retired_tier_label(&format!("{prefix}50ms"), &current),
+        Some("50ms".to_owned())
+    );
+    assert_eq!(settings.retired_tier_label(&current[0], &current), None);
+    assert_eq!(
+        settings.retired_tier_label(&settings.topics.ingress, &current),
+        None
+    );
+    assert_eq!(
+        settings.retired_tier_label(&settings.topics.cancel, &current),
+        None
+    );
+    assert_eq!(settings.retired_tier_label("other.1s", &current), None);
+}

@@ -56,6 +56,9 @@ pub(crate) struct ConsumerLoop {
     /// before the consumer closes and leaves the group.
     pub(super) stage: Stage,
     pub(super) index: usize,
+    /// The loop's place in `shared.health` (retired tiers' loops have a
+    /// health list of their own: they do not decide readiness).
+    health_index: usize,
     pub(super) topic: String,
     pub(super) consumer: Arc<Client>,
     pub(super) side: Option<RoundTrips>,
@@ -91,15 +94,30 @@ impl ConsumerLoop {
         let topic = match role {
             Role::Ingress => settings.topics.ingress.clone(),
             Role::Tier(t) => tier_topics[t].clone(),
+            Role::Retired(r) => shared.retired[r].topic.clone(),
         };
         let ledger = Arc::new(Ledger::default());
+        let health_index = match role {
+            Role::Retired(r) => r,
+            _ => index,
+        };
         let label = match role {
             Role::Ingress => "ingress".to_owned(),
             Role::Tier(t) => crate::config::tick_label(table.tiers()[t].tick_ms),
+            Role::Retired(r) => shared.retired[r].label.clone(),
         };
         let exactly_once = settings.delivery.exactly_once();
-        let producer_config =
-            kafka::loop_producer_config(settings, exactly_once.then_some(label.as_str()));
+        // A retired tier's loop runs beside the loops of its own layout
+        // during a rolling change: its transactional id must not fence
+        // theirs.
+        let transactional_label = match role {
+            Role::Retired(_) => format!("retired-{label}"),
+            _ => label.clone(),
+        };
+        let producer_config = kafka::loop_producer_config(
+            settings,
+            exactly_once.then_some(transactional_label.as_str()),
+        );
         let forwarder = Forwarder::new(
             &producer_config,
             ledger.clone(),
@@ -124,7 +142,7 @@ impl ConsumerLoop {
         };
         let group = settings.group_of(&label);
         let tier_lead_ms = match role {
-            Role::Ingress => None,
+            Role::Ingress | Role::Retired(_) => None,
             Role::Tier(t) => Some(table.tiers()[t].lead_ms),
         };
         let config = kafka::loop_consumer_config(settings, &group, tier_lead_ms);
@@ -139,7 +157,7 @@ impl ConsumerLoop {
             producer: forwarder.producer_handle(),
             metrics: shared.metrics.clone(),
             health: shared.health.clone(),
-            health_index: index,
+            health_index,
             committer: Mutex::new(None),
             assigned: Mutex::new(Default::default()),
             events: Mutex::new(Vec::new()),
@@ -168,6 +186,7 @@ impl ConsumerLoop {
                 forwarder.producer_handle(),
             )?))),
             Role::Tier(t) => Stage::Tier(t),
+            Role::Retired(r) => Stage::Retired(r),
         };
         let policy_ms = |d: &humantime_serde::Serde<Duration>| d.as_millis() as i64;
         // At most one tick of the tier (at least 100 ms): an empty fine-tick
@@ -176,7 +195,7 @@ impl ConsumerLoop {
             Role::Tier(t) => {
                 policy_ms(&settings.wheel.grace).min(table.tiers()[t].tick_ms.max(100))
             }
-            Role::Ingress => policy_ms(&settings.wheel.grace),
+            Role::Ingress | Role::Retired(_) => policy_ms(&settings.wheel.grace),
         } + if exactly_once {
             // A write becomes readable when its transaction commits: stay
             // awake for the writes of transactions still open.
@@ -187,6 +206,7 @@ impl ConsumerLoop {
         Ok(Self {
             stage,
             index,
+            health_index,
             partitions: PartitionTable::new(pauser),
             topic,
             consumer,
@@ -270,11 +290,12 @@ impl ConsumerLoop {
         match self.stage {
             Stage::Ingress(_) => Role::Ingress,
             Stage::Tier(tier) => Role::Tier(tier),
+            Stage::Retired(r) => Role::Retired(r),
         }
     }
 
     pub(super) fn loop_health(&self) -> &crate::ops::health::LoopHealth {
-        &self.shared.health.loops[self.index].1
+        &self.shared.health.loops[self.health_index].1
     }
 
     fn poll_burst(&mut self, now: i64) {
@@ -419,7 +440,9 @@ impl ConsumerLoop {
         );
         match self.stage {
             Stage::Tier(tier) => self.refresh_tier_gauges(tier),
+            Stage::Retired(_) => {}
             Stage::Ingress(_) => {
+                metrics.ingress.set_backlog(self.partitions.pending());
                 self.shared.clock.rotate();
                 crate::kafka::native::release_free_memory();
             }

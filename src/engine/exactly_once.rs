@@ -284,6 +284,16 @@ impl ConsumerLoop {
                     self.partitions.hold(p, msg, release, due, now);
                 }
             }
+            Role::Retired(_) => {
+                let taken = self.ledger.book_unacked().take_sized(
+                    id,
+                    msg.offset(),
+                    super::records::kv_bytes(&msg),
+                );
+                if let Some(ticket) = taken {
+                    self.retired_record(&msg, ticket, now);
+                }
+            }
         }
     }
 

@@ -27,6 +27,8 @@ pub(super) enum Stage {
     Ingress(Box<Ingress>),
     /// A tier topic, by index (finest first).
     Tier(usize),
+    /// A tier topic of an earlier layout, by index into `Shared::retired`.
+    Retired(usize),
 }
 
 /// The ingress loop's own state: target look-ups and the records waiting

@@ -24,6 +24,8 @@
 //! * [`ingress`] — records of the ingress topic: parse, check the target,
 //!   route; records parked on a target look-up;
 //! * [`tier`] — records of a tier: hold until the release, wake, re-route;
+//!   [`retired`] — records of a tier of an earlier layout: re-routed at
+//!   once through the current wheel;
 //!   [`reroute`] — what a tier may hold, failed tier writes routed again;
 //! * [`records`] — what both share: routing, the due-soon timer's
 //!   deliveries, cancellations, failed writes, rebalance events;
@@ -45,6 +47,7 @@ pub(crate) mod partitions;
 mod rebalance;
 mod records;
 mod reroute;
+mod retired;
 pub(crate) mod round_trips;
 mod tier;
 pub(crate) mod timer;
@@ -55,6 +58,7 @@ use rdkafka::error::KafkaError;
 use thiserror::Error;
 
 use crate::config::ConfigError;
+use crate::kafka::topics::RetiredTier;
 use crate::model::clock::OffsetEstimator;
 use crate::ops::health::Health;
 use crate::ops::metrics::{Metrics, Source};
@@ -92,6 +96,9 @@ pub(crate) enum Role {
     Ingress,
     /// A tier topic, by index (finest first).
     Tier(usize),
+    /// A tier topic of an earlier wheel layout, by index into
+    /// [`Shared::retired`]: drained into the current wheel.
+    Retired(usize),
 }
 
 impl Role {
@@ -99,6 +106,7 @@ impl Role {
         match self {
             Role::Ingress => Source::Ingress,
             Role::Tier(t) => Source::Tier(t),
+            Role::Retired(_) => Source::Retired,
         }
     }
 }
@@ -116,4 +124,6 @@ pub(crate) struct Shared {
     pub limits: Arc<Limits>,
     /// This host's offset from the brokers' clock.
     pub clock: Arc<OffsetEstimator>,
+    /// Tier topics of earlier layouts that this instance drains.
+    pub retired: Arc<Vec<RetiredTier>>,
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 use humantime_serde::Serde;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -461,6 +463,66 @@ pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>,
             .to_owned(),
     );
     Ok(lines)
+}
+
+/// A tier topic of an earlier wheel layout found in the cluster
+/// ([`Settings::retired_tier_label`]: the service's tier prefix and a tick
+/// label, so the name family is the service's) that still holds records
+/// past the committed offsets of its tier's consumer group. The
+/// service reads it in the consumer group its tier had (`<group_id>.<label>`),
+/// so that it goes on from the offsets committed then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredTier {
+    /// The topic.
+    pub topic: String,
+    /// Its tick label (`50ms`, `1s`, …): the consumer group's suffix.
+    pub label: String,
+    /// Records past the committed offsets when it was found.
+    pub records: i64,
+}
+
+/// The tier topics of earlier layouts that hold records, by name: records
+/// past the committed offset of each partition, or past its start where
+/// the group committed none (a partition whose head was held until its
+/// release never committed anything).
+pub fn retired_tiers(settings: &Settings) -> Result<Vec<RetiredTier>, TopicsError> {
+    let table = settings.tier_table()?;
+    let current = settings.tier_topics(&table);
+    let metadata = admin(settings)?
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let mut retired = Vec::new();
+    for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
+        let Some(label) = settings.retired_tier_label(t.name(), &current) else {
+            continue;
+        };
+        let group = settings.group_of(&label);
+        let consumer: BaseConsumer = kafka::consumer_config(settings, &group, false).create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in t.partitions() {
+            tpl.add_partition(t.name(), p.id());
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        let mut records = 0;
+        for e in committed.elements() {
+            let (low, high) =
+                consumer.fetch_watermarks(t.name(), e.partition(), Duration::from_secs(10))?;
+            let from = match e.offset() {
+                Offset::Offset(o) => o.max(low),
+                _ => low,
+            };
+            records += (high - from).max(0);
+        }
+        if records > 0 {
+            retired.push(RetiredTier {
+                topic: t.name().to_owned(),
+                label,
+                records,
+            });
+        }
+    }
+    retired.sort_by(|a, b| a.topic.cmp(&b.topic));
+    Ok(retired)
 }
 
 /// Start-up check: every topic exists with the planned partition count.

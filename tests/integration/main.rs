@@ -11,6 +11,7 @@ mod cancel;
 mod exactly_once;
 mod faults;
 mod helpers;
+mod layout;
 mod memcheck;
 mod never_stuck;
 mod process;

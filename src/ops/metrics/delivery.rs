@@ -77,7 +77,7 @@ impl DeliveryMetrics {
     /// A record was handed to the producer for its target; `lateness_ms` is
     /// delivery time minus due time.
     pub fn forwarded(&self, from: Source, lateness_ms: i64) {
-        self.forwarded[from.index()].inc();
+        self.forwarded[from.index(self.forwarded.len())].inc();
         self.lateness.observe(lateness_ms.max(0) as f64 / 1000.0);
     }
 

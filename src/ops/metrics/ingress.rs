@@ -5,6 +5,7 @@ use super::*;
 /// Ingress: what became of each record published to the ingress topic.
 pub struct IngressMetrics {
     ingested: [IntCounter; 5],
+    backlog: IntGauge,
 }
 
 impl IngressMetrics {
@@ -19,11 +20,27 @@ impl IngressMetrics {
         Self {
             ingested: ["tier", "timer", "delivered", "dead_lettered", "cancelled"]
                 .map(|o| ingested.with_label_values(&[o])),
+            backlog: register(
+                r,
+                IntGauge::new(
+                    "kafka_delay_ingress_backlog_records",
+                    "Records published to the ingress topic and not yet committed as routed: end offset \
+                     minus committed offset (both fresh from the broker), over this instance's \
+                     ingress partitions.",
+                )
+                .expect("valid gauge"),
+            ),
         }
     }
 
     /// An ingress record was routed.
     pub fn ingested(&self, outcome: Outcome) {
         self.ingested[outcome as usize].inc();
+    }
+
+    /// Records published and not yet routed, over this instance's ingress
+    /// partitions (end offset − committed offset).
+    pub fn set_backlog(&self, records: i64) {
+        self.backlog.set(records);
     }
 }

@@ -66,7 +66,7 @@ impl LoopMetrics {
 
     /// Per-source gauges of one consumer loop, now.
     pub fn set_source(&self, source: Source, gauges: SourceGauges) {
-        let i = source.index();
+        let i = source.index(self.assigned.len());
         self.assigned[i].set(gauges.assigned as i64);
         self.throttled[i].set(gauges.throttled as i64);
         self.blocked[i].set(gauges.blocked as i64);

@@ -37,14 +37,18 @@ pub enum Source {
     Ingress,
     /// A tier, by index (finest first).
     Tier(usize),
+    /// A tier topic of an earlier layout, being drained (label `retired`).
+    Retired,
 }
 
 impl Source {
-    /// Index into per-source metric children: ingress 0, tier `t` at `t + 1`.
-    pub fn index(self) -> usize {
+    /// Index into per-source metric children, of which there are `sources`:
+    /// ingress 0, tier `t` at `t + 1`, retired tiers last.
+    pub fn index(self, sources: usize) -> usize {
         match self {
             Source::Ingress => 0,
             Source::Tier(tier) => tier + 1,
+            Source::Retired => sources - 1,
         }
     }
 }
@@ -66,6 +70,14 @@ pub enum Outcome {
 
 /// What a produce was for (label `kind`).
 pub const KINDS: [&str; 3] = ["target", "tier", "dead_letter"];
+
+/// The source revision the binary was built from: `KAFKA_DELAY_REVISION` in
+/// the build's environment (the Dockerfile passes the git commit), else
+/// `unknown`.
+pub const BUILD_REVISION: &str = match option_env!("KAFKA_DELAY_REVISION") {
+    Some(revision) => revision,
+    None => "unknown",
+};
 
 /// All of the service's metrics, registered in one [`Registry`], by domain.
 pub struct Metrics {
@@ -169,6 +181,7 @@ impl Metrics {
         let tier: Vec<&str> = tiers.iter().map(String::as_str).collect();
         let source: Vec<&str> = std::iter::once("ingress")
             .chain(tier.iter().copied())
+            .chain(std::iter::once("retired"))
             .collect();
         let clock_offset = register(
             &r,
@@ -180,6 +193,21 @@ impl Metrics {
             .expect("valid gauge"),
         );
         clock_offset.set(f64::NAN);
+        let build = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "kafka_delay_build_info",
+                    "1, labelled with the service's version and the source revision it was built \
+                     from (KAFKA_DELAY_REVISION at build time; `unknown` when unset).",
+                ),
+                &["version", "revision"],
+            )
+            .expect("valid metric"),
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_REVISION])
+            .set(1);
         Self {
             ingress: IngressMetrics::new(&r),
             tier: TierMetrics::new(&r, &tier),
@@ -246,7 +274,89 @@ pub struct SourceGauges {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::*;
+
+    /// Label names of every metric family, after one event of each metric
+    /// whose children are made on demand.
+    fn label_names() -> BTreeMap<String, BTreeSet<String>> {
+        let m = Metrics::new(&["1s".into(), "1m".into()]);
+        m.delivery.produce_error("QueueFull");
+        let mut names = BTreeMap::new();
+        for family in m.registry.gather() {
+            let labels: &mut BTreeSet<String> = names.entry(family.name().to_owned()).or_default();
+            for metric in family.get_metric() {
+                labels.extend(metric.get_label().iter().map(|l| l.name().to_owned()));
+            }
+        }
+        names
+    }
+
+    /// Every `by (...)` of the Grafana dashboard names labels its metric has
+    /// (or the scrape's own: namespace, job, instance, pod; `le` of a
+    /// histogram's buckets): a label the metric lacks draws a blank legend
+    /// and merges the series.
+    #[test]
+    fn dashboard_groups_by_labels_its_metrics_have() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../helm/files/dashboard.json"))
+                .expect("dashboard is JSON");
+        let labels = label_names();
+        let mut exprs = Vec::new();
+        collect_exprs(&dashboard, &mut exprs);
+        assert!(exprs.len() > 10, "found {} expressions", exprs.len());
+        let mut wrong = Vec::new();
+        for expr in &exprs {
+            let Some(start) = expr.find("kafka_delay_") else {
+                continue;
+            };
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|base| labels.contains_key(*base))
+                })
+                .unwrap_or(&name);
+            let Some(known) = labels.get(family) else {
+                wrong.push(format!("{name}: no such metric"));
+                continue;
+            };
+            let mut rest = expr.as_str();
+            while let Some(i) = rest.find("by (") {
+                let group = &rest[i + 4..];
+                let group = &group[..group.find(')').unwrap_or(group.len())];
+                for label in group.split(',').map(str::trim) {
+                    let scrape = ["namespace", "job", "instance", "pod"].contains(&label);
+                    let bucket = label == "le" && name.ends_with("_bucket");
+                    if !(scrape || bucket || known.contains(label)) {
+                        wrong.push(format!("{name} has no label {label}"));
+                    }
+                }
+                rest = &rest[i + 4..];
+            }
+        }
+        assert!(wrong.is_empty(), "dashboard: {wrong:?}");
+    }
+
+    fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => collect_exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+            _ => {}
+        }
+    }
 
     #[test]
     fn events_show_up_in_the_exposition() {
@@ -265,6 +375,7 @@ mod tests {
             },
         );
         m.set_clock(Some(-250), 500);
+        m.ingress.set_backlog(7);
         let text = m.render();
         for line in [
             "kafka_delay_records_ingested_total{outcome=\"timer\"} 1",
@@ -277,6 +388,8 @@ mod tests {
             "kafka_delay_delivery_lateness_seconds_bucket{le=\"0.02\"} 1",
             "kafka_delay_clock_offset_seconds -0.25",
             "kafka_delay_clock_skew_limit_seconds 0.5",
+            "kafka_delay_ingress_backlog_records 7",
+            "kafka_delay_build_info{revision=",
         ] {
             assert!(text.contains(line), "missing {line}");
         }

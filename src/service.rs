@@ -183,12 +183,12 @@ pub fn run_with(
     // routes to them any more, but they may hold records.
     let retired = topics::retired_tiers(settings)?;
     for r in &retired {
-        tracing::warn!(
-            topic = r.topic,
-            records = r.records,
-            group = %settings.group_of(&r.label),
-            "tier topic of an earlier wheel layout: draining its records into the current tiers; delete it once `kafka-delay pending` shows none left in it"
-        );
+        let group = settings.group_of(&r.label);
+        if r.records > 0 {
+            tracing::warn!(topic = r.topic, records = r.records, %group, "tier topic of an earlier wheel layout holds records: draining them into the current tiers");
+        } else {
+            tracing::info!(topic = r.topic, %group, "tier topic of an earlier wheel layout holds no record: read while instances of that layout may still write it; delete it once none runs");
+        }
     }
     let retired_names: Vec<String> = retired
         .iter()

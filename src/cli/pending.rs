@@ -103,8 +103,9 @@ pub struct Scan {
     pub found: Option<Found>,
 }
 
-/// Reads every tier from its committed offsets to its end. `id`: also
-/// find that record. `progress(read, total)` is called as records are read.
+/// Reads every tier — and every tier topic of an earlier layout still
+/// found in the cluster, labelled `<tick> (retired)` — from its committed
+/// offsets to its end. `id`: also find that record. `progress(read, total)` is called as records are read.
 pub fn scan(
     settings: &Settings,
     id: Option<&str>,
@@ -113,12 +114,24 @@ pub fn scan(
     let table = settings
         .tier_table()
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
-    let labels: Vec<String> = table
+    let mut labels: Vec<String> = table
         .tiers()
         .iter()
         .map(|t| tick_label(t.tick_ms))
         .collect();
-    let topics = settings.tier_topics(&table);
+    let mut topics = settings.tier_topics(&table);
+    // Tier topics of earlier layouts still being drained count too.
+    let retired = crate::kafka::topics::retired_tiers(settings)
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+    let groups: Vec<String> = labels
+        .iter()
+        .chain(retired.iter().map(|r| &r.label))
+        .map(|label| settings.group_of(label))
+        .collect();
+    for r in retired {
+        labels.push(format!("{} (retired)", r.label));
+        topics.push(r.topic);
+    }
     let now = crate::model::clock::now_ms();
     let mut scan = Scan {
         scanned_at_ms: now,
@@ -127,10 +140,9 @@ pub fn scan(
     };
     // (topic, partition) → (start, end)
     let mut ranges: HashMap<(String, i32), (i64, i64)> = HashMap::new();
-    for (label, topic) in labels.iter().zip(&topics) {
-        let group = settings.group_of(label);
+    for ((label, topic), group) in labels.iter().zip(&topics).zip(&groups) {
         let reader: BaseConsumer =
-            crate::kafka::consumer_config(settings, &group, false).create()?;
+            crate::kafka::consumer_config(settings, group, false).create()?;
         let metadata = reader.fetch_metadata(Some(topic), QUERY_TIMEOUT)?;
         let mut tpl = TopicPartitionList::new();
         for t in metadata.topics().iter().filter(|t| t.name() == topic) {

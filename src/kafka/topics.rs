@@ -467,10 +467,10 @@ pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>,
 
 /// A tier topic of an earlier wheel layout found in the cluster
 /// ([`Settings::retired_tier_label`]: the service's tier prefix and a tick
-/// label, so the name family is the service's) that still holds records
-/// past the committed offsets of its tier's consumer group. The
-/// service reads it in the consumer group its tier had (`<group_id>.<label>`),
-/// so that it goes on from the offsets committed then.
+/// label, so the name family is the service's). The service reads it in
+/// the consumer group its tier had (`<group_id>.<label>`), so that it goes
+/// on from the offsets committed then — also while instances of the old
+/// layout still write to it during a rolling change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetiredTier {
     /// The topic.
@@ -481,7 +481,7 @@ pub struct RetiredTier {
     pub records: i64,
 }
 
-/// The tier topics of earlier layouts that hold records, by name: records
+/// The tier topics of earlier layouts, by name, with the records each holds
 /// past the committed offset of each partition, or past its start where
 /// the group committed none (a partition whose head was held until its
 /// release never committed anything).
@@ -513,13 +513,11 @@ pub fn retired_tiers(settings: &Settings) -> Result<Vec<RetiredTier>, TopicsErro
             };
             records += (high - from).max(0);
         }
-        if records > 0 {
-            retired.push(RetiredTier {
-                topic: t.name().to_owned(),
-                label,
-                records,
-            });
-        }
+        retired.push(RetiredTier {
+            topic: t.name().to_owned(),
+            label,
+            records,
+        });
     }
     retired.sort_by(|a, b| a.topic.cmp(&b.topic));
     Ok(retired)

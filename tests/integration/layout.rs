@@ -13,6 +13,21 @@ use crate::helpers::*;
 /// due 15 s or more after they are published, after the restart.
 const RESTART_BOUND_MS: i64 = 3_000;
 
+/// Lateness a rebalance may cost the partitions it moves, ms (as in the
+/// never-stuck tests), or a kill -9 (the session timeout, 10 s).
+const REBALANCE_BOUND_MS: i64 = 6_000;
+const KILL_BOUND_MS: i64 = 15_000;
+
+/// The test ticks changed to coarser ones: every tier topic is renamed.
+fn changed_ticks(settings: &kafka_delay::config::Settings) -> kafka_delay::config::Settings {
+    let mut changed = settings.clone();
+    changed.wheel.ticks = ["100ms", "1s", "10s"]
+        .iter()
+        .map(|t| humantime::parse_duration(t).unwrap().into())
+        .collect();
+    changed
+}
+
 #[test]
 fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
     let _heavy = heavy();
@@ -41,12 +56,21 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
     std::thread::sleep(Duration::from_secs(2));
     a.terminate();
 
-    let mut changed = settings.clone();
-    changed.wheel.ticks = ["100ms", "1s", "10s"]
-        .iter()
-        .map(|t| humantime::parse_duration(t).unwrap().into())
-        .collect();
+    let changed = changed_ticks(&settings);
     apply_topics(&changed, &[]);
+    // `pending` under the new layout counts what the old tiers hold.
+    let scan = kafka_delay::cli::pending::scan(&changed, None, |_, _| {}).unwrap();
+    let in_retired: u64 = scan
+        .tiers
+        .iter()
+        .filter(|t| t.tier.ends_with("(retired)"))
+        .map(|t| t.records)
+        .sum();
+    assert!(
+        in_retired >= n as u64,
+        "pending shows {in_retired} records in retired tiers: {:?}",
+        scan.tiers
+    );
     let b = Instance::start("B", &changed);
     b.wait_ready(Duration::from_secs(30));
     let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(1));
@@ -60,4 +84,89 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
         + b.metric("kafka_delay_tier_writes_total{tier=\"10s\"}")
             .unwrap_or(0.0);
     assert!(drained > 0.0, "B routed nothing from the retired tiers");
+}
+
+#[test]
+fn old_and_new_layouts_side_by_side_deliver_everything() {
+    let _heavy = heavy();
+    // A rolling change: an instance of the old layout keeps running (and
+    // routing into the old tiers) while one of the new layout starts; then
+    // the old one stops. The new instance reads the old tiers in their own
+    // groups beside it, and alone once it has gone.
+    let (settings, targets) = setup("rolling", &["target"]);
+    let target = &targets[0];
+    let reader = Reader::start(&settings, &[target]);
+    let mut old = Instance::start("A", &settings);
+    old.wait_ready(Duration::from_secs(30));
+    let producer = producer(&settings);
+    let n = 600;
+    let delay = |i: usize| 8_000 + (i * 97) % 20_000;
+    for i in 0..n / 2 {
+        publish_one(&producer, &settings, target, i, delay(i));
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let changed = changed_ticks(&settings);
+    apply_topics(&changed, &[]);
+    let new = Instance::start("B", &changed);
+    new.wait_ready(Duration::from_secs(30));
+    // Both layouts route ingress records now.
+    for i in n / 2..n {
+        publish_one(&producer, &settings, target, i, delay(i));
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    old.terminate();
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(1));
+    let account = Account::of(&changed, target, &arrivals, n);
+    account.assert_ok("old and new layouts side by side", REBALANCE_BOUND_MS);
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_migration_loses_nothing() {
+    let _heavy = heavy();
+    let (settings, targets) = setup("migcrash", &["target"]);
+    let target = &targets[0];
+    let reader = Reader::start(&settings, &[target]);
+    let mut a = Instance::start("A", &settings);
+    a.wait_ready(Duration::from_secs(30));
+    let producer = producer(&settings);
+    let n = 300;
+    publish_numbered(&producer, &settings, target, n, |i| {
+        12_000 + (i * 83) % 25_000
+    });
+    producer.flush(Duration::from_secs(30)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    a.terminate();
+    let changed = changed_ticks(&settings);
+    apply_topics(&changed, &[]);
+    // The new layout's instance is killed (-9) while draining, and restarted.
+    let mut b = Instance::start("B", &changed);
+    b.wait_ready(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    b.kill_and_restart();
+    b.wait_ready(Duration::from_secs(60));
+    let arrivals = reader.wait(n, Duration::from_secs(90), Duration::from_secs(1));
+    let account = Account::of(&changed, target, &arrivals, n);
+    account.assert_ok("a crash in the middle of a migration", KILL_BOUND_MS);
+}
+
+/// Publishes record `i` (`k{i}`, `v{i}`) due `delay_ms` after now.
+fn publish_one(
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    settings: &kafka_delay::config::Settings,
+    target: &str,
+    i: usize,
+    delay_ms: usize,
+) {
+    let delay = delay_ms.to_string();
+    publish(
+        producer,
+        settings,
+        Some(&format!("k{i}")),
+        &format!("v{i}"),
+        &[("x-delay", &delay), ("x-target-topic", target)],
+    );
 }

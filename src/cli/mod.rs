@@ -145,6 +145,24 @@ enum TopicsAction {
         #[arg(long)]
         principal: String,
     },
+    /// What `apply` would do, changing nothing: create, keep or drift for
+    /// every topic, and the tier topics of earlier layouts to retire with
+    /// the records they still hold.
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Topic spec file (default: the built-in topics/topics.toml, or
+        /// topics.spec_file from the configuration).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+    /// Delete the tier topics of earlier layouts that hold no record past
+    /// their committed offsets; keep and name those that still do (exit 1).
+    /// Run it once no instance of the old layout runs.
+    Prune {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Create missing topics, report drift (idempotent).
     Apply {
         #[command(flatten)]
@@ -175,6 +193,18 @@ pub fn main() -> ExitCode {
             action: TopicsAction::Apply { config, spec },
         } => match load_logged(&config) {
             Ok(settings) => topics::apply(&settings, spec),
+            Err(code) => code,
+        },
+        Command::Topics {
+            action: TopicsAction::Plan { config, spec },
+        } => match load_logged(&config) {
+            Ok(settings) => topics::plan(&settings, spec),
+            Err(code) => code,
+        },
+        Command::Topics {
+            action: TopicsAction::Prune { config },
+        } => match load_logged(&config) {
+            Ok(settings) => topics::prune(&settings),
             Err(code) => code,
         },
         Command::Pending { config, id, json } => match load_logged(&config) {

@@ -1,12 +1,13 @@
-//! `kafka-delay topics apply|acls`: create the service's topics and report
-//! drift; print the ACLs its principal needs.
+//! `kafka-delay topics apply|plan|prune|acls`: create the service's topics
+//! and report drift; say what apply would do; delete drained tier topics of
+//! earlier layouts; print the ACLs the service's principal needs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::exit;
 use crate::config::Settings;
-use crate::kafka::topics::{self, Spec, TopicsError};
+use crate::kafka::topics::{self, PlanLine, Pruned, Spec, TopicsError};
 
 /// `topics acls`: prints `kafka-acls.sh` commands; changes nothing.
 pub(super) fn acls(settings: &Settings, principal: &str) -> ExitCode {
@@ -38,6 +39,61 @@ pub(super) fn apply(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
                 println!("{r}");
             }
             if topics::has_drift(&reports) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => exit::fail(error),
+    }
+}
+
+/// `topics plan`: prints what `apply` would do; exits 1 on drift.
+pub(super) fn plan(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
+    let spec_path = spec.or_else(|| settings.topics.spec_file.clone());
+    let result = Spec::load(spec_path.as_deref()).and_then(|spec| topics::plan(settings, &spec));
+    match result {
+        Ok(lines) => {
+            for line in &lines {
+                println!("{line}");
+            }
+            if lines.iter().any(|l| matches!(l, PlanLine::Drift { .. })) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(error) => exit::fail(error),
+    }
+}
+
+/// `topics prune`: deletes drained tier topics of earlier layouts; exits 1
+/// when one still holds records (it is kept and named).
+pub(super) fn prune(settings: &Settings) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(TopicsError::Runtime)
+        .and_then(|runtime| runtime.block_on(topics::prune(settings)));
+    match result {
+        Ok(outcome) => {
+            let mut kept = false;
+            for o in &outcome {
+                match o {
+                    Pruned::Deleted(topic) => println!("{topic:<28} deleted"),
+                    Pruned::Kept(r) => {
+                        kept = true;
+                        println!(
+                            "{:<28} kept: {} records past its committed offsets; the service drains them",
+                            r.topic, r.records
+                        );
+                    }
+                }
+            }
+            if outcome.is_empty() {
+                println!("no tier topic of an earlier layout");
+            }
+            if kept {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

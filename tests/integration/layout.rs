@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use kafka_delay::kafka::topics;
 use rdkafka::producer::Producer;
 
 use crate::faults::{heavy, wait_until, Account, Instance};
@@ -71,7 +72,24 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
         "pending shows {in_retired} records in retired tiers: {:?}",
         scan.tiers
     );
-    let b = Instance::start("B", &changed);
+    // `topics plan` names the old tiers; `topics prune` keeps those that
+    // hold records (all 300 of them) and deletes the empty ones.
+    let plan = topics::plan(&changed, &topics::Spec::load(None).unwrap()).unwrap();
+    let retire: Vec<_> = plan
+        .iter()
+        .filter(|l| matches!(l, topics::PlanLine::Retire(_)))
+        .collect();
+    assert_eq!(retire.len(), 3, "{plan:?}");
+    let pruned = prune(&changed);
+    let kept: i64 = pruned
+        .iter()
+        .map(|p| match p {
+            topics::Pruned::Kept(r) => r.records,
+            topics::Pruned::Deleted(_) => 0,
+        })
+        .sum();
+    assert!(kept >= n as i64, "prune kept {kept} records: {pruned:?}");
+    let mut b = Instance::start("B", &changed);
     b.wait_ready(Duration::from_secs(30));
     let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(1));
     let account = Account::of(&changed, target, &arrivals, n);
@@ -84,6 +102,31 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
         + b.metric("kafka_delay_tier_writes_total{tier=\"10s\"}")
             .unwrap_or(0.0);
     assert!(drained > 0.0, "B routed nothing from the retired tiers");
+    // Drained and committed: `topics prune` deletes the old tiers.
+    b.terminate();
+    let pruned = prune(&changed);
+    assert!(
+        !pruned.is_empty()
+            && pruned
+                .iter()
+                .all(|p| matches!(p, topics::Pruned::Deleted(_))),
+        "{pruned:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || topics::retired_tiers(&changed)
+            .unwrap()
+            .is_empty()),
+        "retired tiers still listed after prune"
+    );
+}
+
+fn prune(settings: &kafka_delay::config::Settings) -> Vec<topics::Pruned> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(topics::prune(settings))
+        .unwrap()
 }
 
 #[test]

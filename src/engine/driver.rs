@@ -440,7 +440,12 @@ impl ConsumerLoop {
         );
         match self.stage {
             Stage::Tier(tier) => self.refresh_tier_gauges(tier),
-            Stage::Retired(_) => {}
+            Stage::Retired(r) => {
+                let topic = &self.shared.retired[r].topic;
+                metrics
+                    .tier
+                    .set_retired_pending(topic, self.partitions.pending());
+            }
             Stage::Ingress(_) => {
                 metrics.ingress.set_backlog(self.partitions.pending());
                 self.shared.clock.rotate();

@@ -102,6 +102,16 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
         + b.metric("kafka_delay_tier_writes_total{tier=\"10s\"}")
             .unwrap_or(0.0);
     assert!(drained > 0.0, "B routed nothing from the retired tiers");
+    let retired_5s = format!(
+        "kafka_delay_retired_tier_records{{topic=\"{}5s\"}}",
+        settings.topics.tier_prefix
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || b.metric(&retired_5s)
+            == Some(0.0)),
+        "{retired_5s} is {:?}, not 0 once drained",
+        b.metric(&retired_5s)
+    );
     // Drained and committed: `topics prune` deletes the old tiers.
     b.terminate();
     let pruned = prune(&changed);

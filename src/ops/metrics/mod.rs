@@ -376,6 +376,7 @@ mod tests {
         );
         m.set_clock(Some(-250), 500);
         m.ingress.set_backlog(7);
+        m.tier.set_retired_pending("delay.50ms", 3);
         let text = m.render();
         for line in [
             "kafka_delay_records_ingested_total{outcome=\"timer\"} 1",
@@ -389,6 +390,7 @@ mod tests {
             "kafka_delay_clock_offset_seconds -0.25",
             "kafka_delay_clock_skew_limit_seconds 0.5",
             "kafka_delay_ingress_backlog_records 7",
+            "kafka_delay_retired_tier_records{topic=\"delay.50ms\"} 3",
             "kafka_delay_build_info{revision=",
         ] {
             assert!(text.contains(line), "missing {line}");

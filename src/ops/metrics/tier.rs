@@ -12,6 +12,7 @@ pub struct TierMetrics {
     stalled: Vec<IntGauge>,
     pending: Vec<IntGauge>,
     oldest_due: Vec<IntGauge>,
+    retired_pending: IntGaugeVec,
 }
 
 impl TierMetrics {
@@ -20,6 +21,14 @@ impl TierMetrics {
         let per_tier = |name: &str, help: &str| labelled_counters(r, (name, help), "tier", tier);
         let tier_gauge = |name: &str, help: &str| labelled_gauges(r, (name, help), "tier", tier);
         Self {
+            retired_pending: gauge_vec(
+                r,
+                "kafka_delay_retired_tier_records",
+                "Records a tier topic of an earlier wheel layout still holds past its committed \
+                 offsets, over this instance's partitions of it (drained into the current tiers; \
+                 `kafka-delay topics prune` deletes it once empty).",
+                "topic",
+            ),
             tier_writes: per_tier(
                 "kafka_delay_tier_writes_total",
                 "Records written into a tier topic.",
@@ -87,6 +96,12 @@ impl TierMetrics {
     /// Records pending in tier `tier` (end offset − committed).
     pub fn set_pending(&self, tier: usize, count: i64) {
         self.pending[tier].set(count);
+    }
+
+    /// Records the retired tier `topic` still holds past its committed
+    /// offsets, over this instance's partitions of it.
+    pub fn set_retired_pending(&self, topic: &str, count: i64) {
+        self.retired_pending.with_label_values(&[topic]).set(count);
     }
 
     /// Earliest due time (epoch ms) of the held heads of tier `tier`.

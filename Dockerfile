@@ -50,4 +50,7 @@ COPY config/example.toml /etc/kafka-delay/example.toml
 USER 65532:65532
 EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/kafka-delay"]
-CMD ["run", "--config", "/etc/kafka-delay/config.toml"]
+# Configuration from the environment alone (KAFKA_DELAY__SECTION__KEY), e.g.
+#   docker run -e KAFKA_DELAY__KAFKA__BOOTSTRAP_SERVERS=broker:9092 kafka-delay:0.1.0
+# or mount a file and pass `run --config /path/config.toml` (the chart does).
+CMD ["run"]

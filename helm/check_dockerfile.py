@@ -5,7 +5,9 @@ Usage: check_dockerfile.py Dockerfile Cargo.toml
 - the build stage's rust image is at least Cargo.toml's rust-version;
 - dependencies are built before any COPY of src/ (a layer cached across
   source changes);
-- the final stage carries OCI labels and runs as a non-root numeric user.
+- the final stage carries OCI labels and runs as a non-root numeric user;
+- every absolute path the default CMD names is copied into the final stage
+  (a bare `docker run` must not fail on a file the image does not ship).
 """
 
 import re
@@ -38,7 +40,12 @@ for key in ("title", "version", "revision", "licenses", "description"):
 users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
 if not users or not re.match(r"^[1-9][0-9]*(:[0-9]+)?$", users[-1]):
     failures.append("final stage does not run as a non-root numeric user")
+cmds = [line for line in final if line.upper().startswith("CMD ")]
+copied = " ".join(line.split()[-1] for line in final if line.upper().startswith("COPY "))
+for path in re.findall(r'"(/[^"]+)"', cmds[-1] if cmds else ""):
+    if path not in copied:
+        failures.append(f"CMD names {path}, which the image does not ship")
 if failures:
     print("\n".join("   FAIL " + f for f in failures), file=sys.stderr)
     sys.exit(1)
-print(f"   rust image >= {rust_version}, dependency layer before sources, OCI labels, user {users[-1]}")
+print(f"   rust image >= {rust_version}, dependency layer before sources, OCI labels, user {users[-1]}, CMD paths shipped")

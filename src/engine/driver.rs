@@ -186,7 +186,7 @@ impl ConsumerLoop {
                 forwarder.producer_handle(),
             )?))),
             Role::Tier(t) => Stage::Tier(t),
-            Role::Retired(r) => Stage::Retired(r),
+            Role::Retired(r) => Stage::Retired(r, false),
         };
         let policy_ms = |d: &humantime_serde::Serde<Duration>| d.as_millis() as i64;
         // At most one tick of the tier (at least 100 ms): an empty fine-tick
@@ -290,7 +290,7 @@ impl ConsumerLoop {
         match self.stage {
             Stage::Ingress(_) => Role::Ingress,
             Stage::Tier(tier) => Role::Tier(tier),
-            Stage::Retired(r) => Role::Retired(r),
+            Stage::Retired(r, _) => Role::Retired(r),
         }
     }
 
@@ -440,11 +440,18 @@ impl ConsumerLoop {
         );
         match self.stage {
             Stage::Tier(tier) => self.refresh_tier_gauges(tier),
-            Stage::Retired(r) => {
+            Stage::Retired(r, reported) => {
                 let topic = &self.shared.retired[r].topic;
-                metrics
-                    .tier
-                    .set_retired_pending(topic, self.partitions.pending());
+                let pending = self.partitions.pending();
+                metrics.tier.set_retired_pending(topic, pending);
+                let drained = pending == 0 && self.partitions.all_watched();
+                if drained && !reported {
+                    tracing::info!(
+                        topic,
+                        "tier topic of an earlier layout: this instance's partitions of it are drained; `kafka-delay topics prune` deletes it once no instance of that layout runs"
+                    );
+                }
+                self.stage = Stage::Retired(r, drained || reported);
             }
             Stage::Ingress(_) => {
                 metrics.ingress.set_backlog(self.partitions.pending());

@@ -27,8 +27,9 @@ pub(super) enum Stage {
     Ingress(Box<Ingress>),
     /// A tier topic, by index (finest first).
     Tier(usize),
-    /// A tier topic of an earlier layout, by index into `Shared::retired`.
-    Retired(usize),
+    /// A tier topic of an earlier layout, by index into `Shared::retired`,
+    /// and whether its drain was reported.
+    Retired(usize, bool),
 }
 
 /// The ingress loop's own state: target look-ups and the records waiting

@@ -536,6 +536,12 @@ impl PartitionTable {
         self.get(p).is_some_and(|part| part.throttled)
     }
 
+    /// True when partitions are assigned and the watcher has read the end
+    /// offset of every one (so [`PartitionTable::pending`] counts them all).
+    pub fn all_watched(&self) -> bool {
+        self.len() > 0 && self.iter().all(|(_, part)| part.end.is_some())
+    }
+
     /// Records not yet committed: end offset minus committed offset, both
     /// as the watcher last read them, over assigned partitions.
     pub fn pending(&self) -> i64 {

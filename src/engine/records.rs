@@ -57,7 +57,7 @@ impl ConsumerLoop {
         match self.stage {
             Stage::Ingress(_) => self.on_ingress_record(msg, id, now),
             Stage::Tier(tier) => self.on_tier_record(msg, tier, now),
-            Stage::Retired(_) => self.on_retired_record(msg, id, now),
+            Stage::Retired(..) => self.on_retired_record(msg, id, now),
         }
     }
 

@@ -87,33 +87,6 @@ pub struct KafkaSettings {
     pub producer_properties: BTreeMap<String, String>,
 }
 
-impl std::fmt::Debug for KafkaSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        struct Redacted<'a>(&'a BTreeMap<String, String>);
-        impl std::fmt::Debug for Redacted<'_> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_map()
-                    .entries(self.0.iter().map(|(k, v)| {
-                        let shown = if is_secret_key(k) {
-                            "<redacted>"
-                        } else {
-                            v.as_str()
-                        };
-                        (k, shown)
-                    }))
-                    .finish()
-            }
-        }
-        f.debug_struct("KafkaSettings")
-            .field("bootstrap_servers", &self.bootstrap_servers)
-            .field("group_id", &self.group_id)
-            .field("properties", &Redacted(&self.properties))
-            .field("consumer_properties", &Redacted(&self.consumer_properties))
-            .field("producer_properties", &Redacted(&self.producer_properties))
-            .finish()
-    }
-}
-
 impl Default for KafkaSettings {
     fn default() -> Self {
         Self {
@@ -124,24 +97,6 @@ impl Default for KafkaSettings {
             producer_properties: BTreeMap::new(),
         }
     }
-}
-
-/// Keys whose values must never be printed: librdkafka's passwords, keys,
-/// secrets and tokens, however they are spelt.
-pub fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "pass",
-        "secret",
-        "token",
-        "jaas",
-        "key",
-        "credential",
-        "pem",
-        "cert",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
 }
 
 /// `[topics]`: topic names and target rules.
@@ -330,40 +285,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// Short label of a tick, used in tier topic names: `1s`, `1m`, `1h`, `1d`,
-/// `50ms`, `90s`.
-pub fn tick_label(tick_ms: i64) -> String {
-    const UNITS: [(i64, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1_000, "s"),
-    ];
-    UNITS
-        .iter()
-        .find(|(unit, _)| tick_ms % unit == 0)
-        .map(|(unit, name)| format!("{}{name}", tick_ms / unit))
-        .unwrap_or_else(|| format!("{tick_ms}ms"))
-}
-
-/// The tick (ms) of a tier label as [`tick_label`] writes it (`50ms`, `1s`,
-/// `1m`, `1h`, `1d`); None for anything else, including a label written
-/// another way (`60s` is `1m`).
-pub fn parse_tick_label(label: &str) -> Option<i64> {
-    let digits = label.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = label.split_at(digits);
-    let unit_ms = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    let tick_ms = number.parse::<i64>().ok()?.checked_mul(unit_ms)?;
-    (tick_ms > 0 && tick_label(tick_ms) == label).then_some(tick_ms)
 }
 
 fn ms(d: &Serde<Duration>) -> i64 {
@@ -615,7 +536,12 @@ fn check_topic_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
 }
 
 mod delivery;
+mod labels;
 mod load;
+mod secrets;
+
+pub use labels::{parse_tick_label, tick_label};
+pub use secrets::is_secret_key;
 
 pub use delivery::{DeliveryMode, DeliverySettings};
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::engine::cancellations::{CancelReader, Cancellations};
 use crate::engine::{ConsumerLoop, EngineError, Limits, Role, Shared};
+use crate::kafka::layout;
 use crate::kafka::topics::{self, Spec, TopicsError};
 use crate::model::clock::OffsetEstimator;
 use crate::ops::health::Health;
@@ -181,7 +182,7 @@ pub fn run_with(
     metrics.cancellations.set_outstanding(cancellations.len());
     // Tier topics of an earlier layout are drained into this one: nothing
     // routes to them any more, but they may hold records.
-    let retired = topics::retired_tiers(settings)?;
+    let retired = layout::retired_tiers(settings)?;
     for r in &retired {
         let group = settings.group_of(&r.label);
         if r.records > 0 {

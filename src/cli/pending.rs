@@ -121,7 +121,7 @@ pub fn scan(
         .collect();
     let mut topics = settings.tier_topics(&table);
     // Tier topics of earlier layouts still being drained count too.
-    let retired = crate::kafka::topics::retired_tiers(settings)
+    let retired = crate::kafka::layout::retired_tiers(settings)
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
     let groups: Vec<String> = labels
         .iter()

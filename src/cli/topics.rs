@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use super::exit;
 use crate::config::Settings;
-use crate::kafka::topics::{self, PlanLine, Pruned, Spec, TopicsError};
+use crate::kafka::layout::{self, PlanLine, Pruned};
+use crate::kafka::topics::{self, Spec, TopicsError};
 
 /// `topics acls`: prints `kafka-acls.sh` commands; changes nothing.
 pub(super) fn acls(settings: &Settings, principal: &str) -> ExitCode {
@@ -51,7 +52,7 @@ pub(super) fn apply(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
 /// `topics plan`: prints what `apply` would do; exits 1 on drift.
 pub(super) fn plan(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
     let spec_path = spec.or_else(|| settings.topics.spec_file.clone());
-    let result = Spec::load(spec_path.as_deref()).and_then(|spec| topics::plan(settings, &spec));
+    let result = Spec::load(spec_path.as_deref()).and_then(|spec| layout::plan(settings, &spec));
     match result {
         Ok(lines) => {
             for line in &lines {
@@ -74,7 +75,7 @@ pub(super) fn prune(settings: &Settings) -> ExitCode {
         .enable_all()
         .build()
         .map_err(TopicsError::Runtime)
-        .and_then(|runtime| runtime.block_on(topics::prune(settings)));
+        .and_then(|runtime| runtime.block_on(layout::prune(settings)));
     match result {
         Ok(outcome) => {
             let mut kept = false;

@@ -58,7 +58,7 @@ use rdkafka::error::KafkaError;
 use thiserror::Error;
 
 use crate::config::ConfigError;
-use crate::kafka::topics::RetiredTier;
+use crate::kafka::layout::RetiredTier;
 use crate::model::clock::OffsetEstimator;
 use crate::ops::health::Health;
 use crate::ops::metrics::{Metrics, Source};

@@ -1,5 +1,5 @@
 //! The retired stage: a tier topic of an earlier wheel layout (other ticks,
-//! another prefix family member; see [`crate::kafka::topics::retired_tiers`]).
+//! another prefix family member; see [`crate::kafka::layout::retired_tiers`]).
 //! Nothing routes to it any more, but it may hold records written under
 //! the old layout. Its loop reads it in the consumer group its tier had, so
 //! it goes on from the offsets committed then, and re-routes every record at

@@ -15,9 +15,7 @@ use std::time::Duration;
 use humantime_serde::Serde;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -244,12 +242,12 @@ impl std::fmt::Display for Report {
     }
 }
 
-fn admin(settings: &Settings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+pub(super) fn admin(settings: &Settings) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     kafka::admin_config(settings).create()
 }
 
 /// Current partition counts of `names` (None: the topic does not exist).
-fn partition_counts(
+pub(super) fn partition_counts(
     admin: &AdminClient<DefaultClientContext>,
     names: &[&str],
 ) -> Result<Vec<Option<i32>>, KafkaError> {
@@ -463,194 +461,6 @@ pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>,
             .to_owned(),
     );
     Ok(lines)
-}
-
-/// A tier topic of an earlier wheel layout found in the cluster
-/// ([`Settings::retired_tier_label`]: the service's tier prefix and a tick
-/// label, so the name family is the service's). The service reads it in
-/// the consumer group its tier had (`<group_id>.<label>`), so that it goes
-/// on from the offsets committed then — also while instances of the old
-/// layout still write to it during a rolling change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetiredTier {
-    /// The topic.
-    pub topic: String,
-    /// Its tick label (`50ms`, `1s`, …): the consumer group's suffix.
-    pub label: String,
-    /// Records past the committed offsets when it was found.
-    pub records: i64,
-}
-
-/// The tier topics of earlier layouts, by name, with the records each holds
-/// past the committed offset of each partition, or past its start where
-/// the group committed none (a partition whose head was held until its
-/// release never committed anything).
-pub fn retired_tiers(settings: &Settings) -> Result<Vec<RetiredTier>, TopicsError> {
-    let table = settings.tier_table()?;
-    let current = settings.tier_topics(&table);
-    let metadata = admin(settings)?
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))?;
-    let mut retired = Vec::new();
-    for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
-        let Some(label) = settings.retired_tier_label(t.name(), &current) else {
-            continue;
-        };
-        let group = settings.group_of(&label);
-        let consumer: BaseConsumer = kafka::consumer_config(settings, &group, false).create()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in t.partitions() {
-            tpl.add_partition(t.name(), p.id());
-        }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-        let mut records = 0;
-        for e in committed.elements() {
-            let (low, high) =
-                consumer.fetch_watermarks(t.name(), e.partition(), Duration::from_secs(10))?;
-            let from = match e.offset() {
-                Offset::Offset(o) => o.max(low),
-                _ => low,
-            };
-            records += (high - from).max(0);
-        }
-        retired.push(RetiredTier {
-            topic: t.name().to_owned(),
-            label,
-            records,
-        });
-    }
-    retired.sort_by(|a, b| a.topic.cmp(&b.topic));
-    Ok(retired)
-}
-
-/// One line of `topics plan`: what `topics apply` would do with a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlanLine {
-    /// Missing: `apply` creates it with `partitions`.
-    Create {
-        /// Topic name.
-        topic: String,
-        /// Partitions it would get.
-        partitions: i32,
-    },
-    /// Exists with the planned partition count.
-    Keep {
-        /// Topic name.
-        topic: String,
-        /// Its partition count.
-        partitions: i32,
-    },
-    /// Exists with another partition count: `apply` reports the drift and
-    /// changes nothing.
-    Drift {
-        /// Topic name.
-        topic: String,
-        /// Partitions found.
-        actual: i32,
-        /// Partitions the configuration needs.
-        planned: i32,
-    },
-    /// A tier topic of an earlier layout: drained by the service; `topics
-    /// prune` deletes it once it holds no record.
-    Retire(RetiredTier),
-}
-
-impl std::fmt::Display for PlanLine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PlanLine::Create { topic, partitions } => {
-                write!(f, "{topic:<28} create ({partitions} partitions)")
-            }
-            PlanLine::Keep { topic, partitions } => {
-                write!(f, "{topic:<28} keep ({partitions} partitions)")
-            }
-            PlanLine::Drift {
-                topic,
-                actual,
-                planned,
-            } => write!(
-                f,
-                "{topic:<28} DRIFT: {actual} partitions, the configuration needs {planned}"
-            ),
-            PlanLine::Retire(r) => write!(
-                f,
-                "{:<28} retire: a tier of an earlier layout holding {} records past its committed offsets (group {})",
-                r.topic, r.records, r.label
-            ),
-        }
-    }
-}
-
-/// What `topics apply` would do, without doing it: every planned topic
-/// (create, keep, or drift) and every tier topic of an earlier layout
-/// (retire, with the records it still holds). Nothing is changed.
-pub fn plan(settings: &Settings, spec: &Spec) -> Result<Vec<PlanLine>, TopicsError> {
-    let plans = spec.plan(settings)?;
-    let admin = admin(settings)?;
-    let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
-    let counts = partition_counts(&admin, &names)?;
-    let mut lines: Vec<PlanLine> = plans
-        .iter()
-        .zip(counts)
-        .map(|(plan, count)| match count {
-            None => PlanLine::Create {
-                topic: plan.name.clone(),
-                partitions: plan.partitions,
-            },
-            Some(actual) if actual == plan.partitions || !is_tier(settings, &plan.name) => {
-                PlanLine::Keep {
-                    topic: plan.name.clone(),
-                    partitions: actual,
-                }
-            }
-            Some(actual) => PlanLine::Drift {
-                topic: plan.name.clone(),
-                actual,
-                planned: plan.partitions,
-            },
-        })
-        .collect();
-    lines.extend(retired_tiers(settings)?.into_iter().map(PlanLine::Retire));
-    Ok(lines)
-}
-
-/// True for a current tier topic (whose partition count is derived, so a
-/// different count is drift).
-fn is_tier(settings: &Settings, name: &str) -> bool {
-    name != settings.topics.ingress
-        && name != settings.topics.dead_letter
-        && name != settings.topics.cancel
-}
-
-/// What `topics prune` did with one tier topic of an earlier layout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pruned {
-    /// Held no record past its committed offsets: deleted.
-    Deleted(String),
-    /// Still holds records: kept (the service drains it).
-    Kept(RetiredTier),
-}
-
-/// Deletes the tier topics of earlier layouts that hold no record past
-/// their committed offsets; keeps, and names, those that still do. Run it
-/// once no instance of the old layout runs (one could still write them).
-pub async fn prune(settings: &Settings) -> Result<Vec<Pruned>, TopicsError> {
-    let mut outcome = Vec::new();
-    let admin = admin(settings)?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for retired in retired_tiers(settings)? {
-        if retired.records > 0 {
-            outcome.push(Pruned::Kept(retired));
-            continue;
-        }
-        for result in admin.delete_topics(&[&retired.topic], &options).await? {
-            if let Err((name, code)) = result {
-                return Err(TopicsError::Drift(format!("cannot delete {name}: {code}")));
-            }
-        }
-        outcome.push(Pruned::Deleted(retired.topic));
-    }
-    Ok(outcome)
 }
 
 /// Start-up check: every topic exists with the planned partition count.

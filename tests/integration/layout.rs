@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kafka_delay::kafka::topics;
+use kafka_delay::kafka::{layout, topics};
 use rdkafka::producer::Producer;
 
 use crate::faults::{heavy, wait_until, Account, Instance};
@@ -74,18 +74,18 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
     );
     // `topics plan` names the old tiers; `topics prune` keeps those that
     // hold records (all 300 of them) and deletes the empty ones.
-    let plan = topics::plan(&changed, &topics::Spec::load(None).unwrap()).unwrap();
+    let plan = layout::plan(&changed, &topics::Spec::load(None).unwrap()).unwrap();
     let retire: Vec<_> = plan
         .iter()
-        .filter(|l| matches!(l, topics::PlanLine::Retire(_)))
+        .filter(|l| matches!(l, layout::PlanLine::Retire(_)))
         .collect();
     assert_eq!(retire.len(), 3, "{plan:?}");
     let pruned = prune(&changed);
     let kept: i64 = pruned
         .iter()
         .map(|p| match p {
-            topics::Pruned::Kept(r) => r.records,
-            topics::Pruned::Deleted(_) => 0,
+            layout::Pruned::Kept(r) => r.records,
+            layout::Pruned::Deleted(_) => 0,
         })
         .sum();
     assert!(kept >= n as i64, "prune kept {kept} records: {pruned:?}");
@@ -119,23 +119,23 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
         !pruned.is_empty()
             && pruned
                 .iter()
-                .all(|p| matches!(p, topics::Pruned::Deleted(_))),
+                .all(|p| matches!(p, layout::Pruned::Deleted(_))),
         "{pruned:?}"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || topics::retired_tiers(&changed)
+        wait_until(Duration::from_secs(10), || layout::retired_tiers(&changed)
             .unwrap()
             .is_empty()),
         "retired tiers still listed after prune"
     );
 }
 
-fn prune(settings: &kafka_delay::config::Settings) -> Vec<topics::Pruned> {
+fn prune(settings: &kafka_delay::config::Settings) -> Vec<layout::Pruned> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(topics::prune(settings))
+        .block_on(layout::prune(settings))
         .unwrap()
 }
 

@@ -25,8 +25,9 @@ use crate::config::Settings;
 use crate::ops::telemetry;
 
 /// The exit-code table shown at the end of `--help` (see [`exit`]).
-const EXIT_CODES: &str = "Exit codes: 0 done; 1 runtime failure (Kafka, I/O, topic drift); \
-3 not found or too late (pending --id, reschedule, cancel); 64 bad usage or configuration.";
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 runtime failure (Kafka, I/O, topic drift, \
+topics prune keeping a tier that holds records); 2 a command line that does not parse; 3 not found \
+or too late (pending --id, reschedule, cancel); 64 a bad flag value or configuration.";
 
 /// Delayed delivery for Apache Kafka: records with an `x-delay` or
 /// `x-deliver-at` header on the ingress topic appear on their
@@ -44,6 +45,37 @@ struct ConfigArg {
     /// variables KAFKA_DELAY__SECTION__KEY override it.
     #[arg(long, short, env = "KAFKA_DELAY_CONFIG")]
     config: Option<PathBuf>,
+    /// Bootstrap servers, `host:port[,host:port…]` (as kcat's -b):
+    /// overrides kafka.bootstrap_servers.
+    #[arg(short = 'b', long = "bootstrap-server")]
+    bootstrap_server: Option<String>,
+    /// A librdkafka property for every client, `key=value` (as kcat's -X);
+    /// repeatable; overrides the same key of kafka.properties.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    property: Vec<(String, String)>,
+}
+
+/// `key=value` of `-X`; the key is not empty.
+fn parse_property(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{raw:?} is not key=value")),
+    }
+}
+
+impl ConfigArg {
+    /// The command line's `-b` and `-X` over the loaded settings (the
+    /// command line wins over the file and the environment).
+    fn apply(&self, settings: &mut Settings) {
+        if let Some(servers) = &self.bootstrap_server {
+            settings.kafka.bootstrap_servers = servers.clone();
+        }
+        for (key, value) in &self.property {
+            settings.kafka.properties.insert(key.clone(), value.clone());
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -273,7 +305,10 @@ fn when(delay: Option<Duration>, deliver_at: Option<String>) -> Option<produce::
 
 /// Loads the configuration; a bad one exits 64.
 fn load(config: &ConfigArg) -> Result<Settings, ExitCode> {
-    Settings::load(config.config.as_deref()).map_err(exit::usage)
+    let mut settings = Settings::load(config.config.as_deref()).map_err(exit::usage)?;
+    config.apply(&mut settings);
+    settings.validate().map_err(exit::usage)?;
+    Ok(settings)
 }
 
 /// [`load`], then logging as configured (every command that connects).
@@ -281,4 +316,57 @@ fn load_logged(config: &ConfigArg) -> Result<Settings, ExitCode> {
     let settings = load(config)?;
     telemetry::init(&settings.log);
     Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_of(args: &[&str]) -> ConfigArg {
+        match Cli::try_parse_from(args).expect("parses").command {
+            Command::Pending { config, .. } => config,
+            _ => unreachable!("a pending command"),
+        }
+    }
+
+    #[test]
+    fn bootstrap_server_and_properties_from_the_command_line_win() {
+        let config = config_of(&[
+            "kafka-delay",
+            "pending",
+            "-b",
+            "broker-1:9092,broker-2:9092",
+            "-X",
+            "socket.timeout.ms=5000",
+            "-X",
+            "sasl.password=007",
+        ]);
+        let mut settings = Settings::default();
+        settings
+            .kafka
+            .properties
+            .insert("socket.timeout.ms".into(), "60000".into());
+        config.apply(&mut settings);
+        assert_eq!(
+            settings.kafka.bootstrap_servers,
+            "broker-1:9092,broker-2:9092"
+        );
+        assert_eq!(settings.kafka.properties["socket.timeout.ms"], "5000");
+        assert_eq!(settings.kafka.properties["sasl.password"], "007");
+    }
+
+    #[test]
+    fn a_property_without_a_key_or_an_equals_sign_is_refused() {
+        for bad in ["novalue", "=5", " =5"] {
+            assert!(
+                Cli::try_parse_from(["kafka-delay", "pending", "-X", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(parse_property("a.b=c=d"), Ok(("a.b".into(), "c=d".into())));
+        assert_eq!(
+            parse_property("empty="),
+            Ok(("empty".into(), String::new()))
+        );
+    }
 }

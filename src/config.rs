@@ -110,6 +110,10 @@ pub struct TopicSettings {
     /// Compacted topic of cancellations, keyed by `x-delay-id`
     /// ([`crate::engine::cancellations`]).
     pub cancel: String,
+    /// The clock topic (default `delay.clock`): each instance writes a small
+    /// record to it every second and reads the broker's clock from its
+    /// `LogAppendTime` stamp ([`crate::model::clock`]).
+    pub clock: String,
     /// Tier topics are `tier_prefix` + tick label (`delay.1s`, `delay.50ms`).
     pub tier_prefix: String,
     /// Target for records without `x-target-topic`.
@@ -127,6 +131,7 @@ impl Default for TopicSettings {
             ingress: "delay.in".into(),
             dead_letter: "delay.dlq".into(),
             cancel: "delay.cancel".into(),
+            clock: "delay.clock".into(),
             tier_prefix: "delay.".into(),
             default_target: None,
             allowed_targets: None,
@@ -308,11 +313,7 @@ impl Settings {
                 "set one group id shared by all instances",
             ));
         }
-        for (key, name) in [
-            ("topics.ingress", &self.topics.ingress),
-            ("topics.dead_letter", &self.topics.dead_letter),
-            ("topics.cancel", &self.topics.cancel),
-        ] {
+        for (key, name) in self.fixed_topics() {
             check_topic_name(key, name)?;
         }
         if self.topics.cancel == self.topics.ingress
@@ -331,17 +332,27 @@ impl Settings {
                 "give the dead-letter topic its own name",
             ));
         }
+        let fixed = self.fixed_topics();
+        if let Some((key, _)) = fixed
+            .iter()
+            .enumerate()
+            .find(|(i, (_, name))| fixed[..*i].iter().any(|(_, other)| other == name))
+            .map(|(_, pair)| *pair)
+        {
+            return Err(invalid(
+                key,
+                "names the same topic as another of topics.ingress, dead_letter, cancel and clock",
+                "give each of them its own name",
+            ));
+        }
         let table = self.tier_table()?;
         for name in self.tier_topics(&table) {
             check_topic_name("topics.tier_prefix", &name)?;
-            if name == self.topics.ingress
-                || name == self.topics.dead_letter
-                || name == self.topics.cancel
-            {
+            if self.fixed_topics().iter().any(|(_, fixed)| **fixed == name) {
                 return Err(invalid(
                     "topics.tier_prefix",
                     format!(
-                        "tier topic {name} collides with the ingress, dead-letter or cancel topic"
+                        "tier topic {name} collides with the ingress, dead-letter, cancel or clock topic"
                     ),
                     "choose another tier_prefix",
                 ));
@@ -477,6 +488,17 @@ impl Settings {
             .then(|| label.to_owned())
     }
 
+    /// The topics whose names are configured one by one, with their keys:
+    /// ingress, dead-letter, cancel, clock.
+    pub fn fixed_topics(&self) -> [(&'static str, &String); 4] {
+        [
+            ("topics.ingress", &self.topics.ingress),
+            ("topics.dead_letter", &self.topics.dead_letter),
+            ("topics.cancel", &self.topics.cancel),
+            ("topics.clock", &self.topics.clock),
+        ]
+    }
+
     /// Tier topic names, lowest tier first.
     pub fn tier_topics(&self, table: &TierTable) -> Vec<String> {
         table
@@ -493,6 +515,7 @@ impl Settings {
         own_topics.push(self.topics.ingress.clone());
         own_topics.push(self.topics.dead_letter.clone());
         own_topics.push(self.topics.cancel.clone());
+        own_topics.push(self.topics.clock.clone());
         let allowed = match &self.topics.allowed_targets {
             Some(pattern) => Some(Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
                 invalid(

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::engine::cancellations::{CancelReader, Cancellations};
 use crate::engine::{ConsumerLoop, EngineError, Limits, Role, Shared};
+use crate::kafka::clock_probe::{ClockProbe, ProbeError};
 use crate::kafka::layout;
 use crate::kafka::topics::{self, Spec, TopicsError};
-use crate::model::clock::OffsetEstimator;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::{config, ops::http, ops::shutdown};
@@ -35,6 +35,8 @@ pub enum ServiceError {
     },
     #[error(transparent)]
     Cancel(#[from] crate::engine::cancellations::ReaderError),
+    #[error(transparent)]
+    Clock(#[from] ProbeError),
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
     #[error("a consumer loop panicked (see the log above); the other loops were stopped")]
@@ -162,6 +164,15 @@ pub fn run_with(
     }
     let spec = Spec::load(settings.topics.spec_file.as_deref())?;
     verify_topics(settings, &spec, &stop)?;
+    // No decision before the broker's clock is known: the first probe is
+    // acknowledged before anything else reads the clock.
+    let probe = ClockProbe::start(settings)?;
+    if !probe.wait_first(*settings.service.startup_timeout, &stop)? {
+        tracing::info!("stopped while reading the broker's clock");
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Ok(());
+    }
+    crate::ops::clock::log_first_reading();
     let table = settings.tier_table().map_err(EngineError::from)?;
     let roles = roles(table.tiers().len());
     let s = &settings.service;
@@ -213,7 +224,6 @@ pub fn run_with(
             s.max_timer_bytes,
             roles.len(),
         )),
-        clock: Arc::new(OffsetEstimator::default()),
         retired: Arc::new(retired),
     };
     let limit_ms = settings.wheel.max_clock_skew.as_millis() as i64;
@@ -238,22 +248,14 @@ pub fn run_with(
         groups = %settings.group_of("*"),
         "kafka-delay running"
     );
-    let mut warned = false;
+    let mut watch = crate::ops::clock::ClockWatch::default();
     while !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
-        let offset = shared.clock.estimate();
-        metrics.set_clock(offset, limit_ms);
-        match offset {
-            Some(ms) if ms.abs() > limit_ms && !warned => {
-                tracing::warn!(offset_ms = ms, limit_ms, "this instance's clock is off the broker's by more than wheel.max_clock_skew: records it routes may be late, and it may deliver early by that much; fix the clock (NTP)");
-                warned = true;
-            }
-            Some(ms) if ms.abs() <= limit_ms => warned = false,
-            _ => {}
-        }
+        watch.check(&metrics, limit_ms);
     }
     let result = join_loops(threads);
     cancel_reader.stop();
+    probe.stop();
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }

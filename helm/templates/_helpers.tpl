@@ -174,6 +174,7 @@ group_id = {{ .Values.kafka.groupId | quote }}
 ingress = {{ .Values.topics.ingress | quote }}
 dead_letter = {{ .Values.topics.deadLetter | quote }}
 cancel = {{ .Values.topics.cancel | quote }}
+clock = {{ .Values.topics.clock | quote }}
 tier_prefix = {{ .Values.topics.tierPrefix | quote }}
 {{- with .Values.topics.defaultTarget }}
 default_target = {{ . | quote }}

@@ -81,6 +81,7 @@ impl Settings {
             ("TOPICS__INGRESS", self.topics.ingress.clone()),
             ("TOPICS__DEAD_LETTER", self.topics.dead_letter.clone()),
             ("TOPICS__CANCEL", self.topics.cancel.clone()),
+            ("TOPICS__CLOCK", self.topics.clock.clone()),
             ("TOPICS__TIER_PREFIX", self.topics.tier_prefix.clone()),
             ("WHEEL__TICKS", ticks.join(",")),
             ("WHEEL__TOP_SLOTS", self.wheel.top_slots.to_string()),

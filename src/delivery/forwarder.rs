@@ -30,7 +30,7 @@ use rdkafka::{ClientContext, Message, Timestamp};
 
 use crate::delivery::ledger::{Ledger, Ticket};
 use crate::kafka::native::{NativeProducer, OutHeaders, Outgoing, RecordHeaders};
-use crate::model::clock::{now_ms, OffsetEstimator};
+use crate::model::clock::{broker, mono_us, now_ms};
 use crate::model::envelope::{self, Envelope, EnvelopeError};
 use crate::ops::metrics::{Metrics, Source};
 
@@ -117,7 +117,6 @@ pub struct DeliveryContext {
     ledger: Arc<Ledger>,
     failures: Arc<Mutex<Vec<Failure>>>,
     metrics: Arc<Metrics>,
-    clock: Arc<OffsetEstimator>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -133,7 +132,7 @@ impl ProducerContext for DeliveryContext {
                     Kind::Target => self.metrics.delivery.delivered(),
                     Kind::Tier => {
                         if let Timestamp::LogAppendTime(broker_ms) = msg.timestamp() {
-                            self.clock.sample(now_ms(), broker_ms);
+                            broker().sample_ack(mono_us(), broker_ms);
                         }
                     }
                     Kind::DeadLetter | Kind::TruncatedDeadLetter => {
@@ -207,7 +206,6 @@ impl Forwarder {
         config: &rdkafka::ClientConfig,
         ledger: Arc<Ledger>,
         metrics: Arc<Metrics>,
-        clock: Arc<OffsetEstimator>,
         dead_letter: &str,
         tier_topics: &[String],
     ) -> Result<Self, KafkaError> {
@@ -217,7 +215,6 @@ impl Forwarder {
                 ledger,
                 failures: failures.clone(),
                 metrics: metrics.clone(),
-                clock,
             })?;
         Ok(Self {
             dead_letter: dead_letter.to_owned(),

@@ -122,7 +122,6 @@ impl ConsumerLoop {
             &producer_config,
             ledger.clone(),
             shared.metrics.clone(),
-            shared.clock.clone(),
             &settings.topics.dead_letter,
             &tier_topics,
         )?;
@@ -455,7 +454,6 @@ impl ConsumerLoop {
             }
             Stage::Ingress(_) => {
                 metrics.ingress.set_backlog(self.partitions.pending());
-                self.shared.clock.rotate();
                 crate::kafka::native::release_free_memory();
             }
         }

@@ -59,7 +59,6 @@ use thiserror::Error;
 
 use crate::config::ConfigError;
 use crate::kafka::layout::RetiredTier;
-use crate::model::clock::OffsetEstimator;
 use crate::ops::health::Health;
 use crate::ops::metrics::{Metrics, Source};
 
@@ -122,8 +121,6 @@ pub(crate) struct Shared {
     pub health: Arc<Health>,
     /// Backpressure caps over all loops.
     pub limits: Arc<Limits>,
-    /// This host's offset from the brokers' clock.
-    pub clock: Arc<OffsetEstimator>,
     /// Tier topics of earlier layouts that this instance drains.
     pub retired: Arc<Vec<RetiredTier>>,
 }

@@ -165,10 +165,11 @@ pub fn plan(settings: &Settings, spec: &Spec) -> Result<Vec<PlanLine>, TopicsErr
 
 /// True for a current tier topic (whose partition count is derived, so a
 /// different count is drift).
-fn is_tier(settings: &Settings, name: &str) -> bool {
-    name != settings.topics.ingress
-        && name != settings.topics.dead_letter
-        && name != settings.topics.cancel
+pub(crate) fn is_tier(settings: &Settings, name: &str) -> bool {
+    !settings
+        .fixed_topics()
+        .iter()
+        .any(|(_, fixed)| fixed.as_str() == name)
 }
 
 /// What `topics prune` did with one tier topic of an earlier layout.

@@ -1,10 +1,12 @@
 //! The Kafka layer: librdkafka client configuration (here: our defaults,
 //! then the user's `[kafka.*properties]`, then the few settings correctness
 //! depends on), the FFI module ([`native`]), topic specs and `topics apply`
-//! ([`topics`]), tier topics across wheel layouts — retired tiers, `topics
+//! ([`topics`]), the clock probe that reads the broker's clock
+//! ([`clock_probe`]), tier topics across wheel layouts — retired tiers, `topics
 //! plan` and `topics prune` ([`layout`]) — and target look-ups off the
 //! loop's thread ([`targets`]).
 
+pub mod clock_probe;
 pub mod layout;
 #[allow(unsafe_code)]
 pub mod native;

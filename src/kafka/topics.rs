@@ -74,6 +74,10 @@ pub struct Spec {
     /// due time it can affect).
     #[serde(default)]
     pub cancel: Option<FixedTopic>,
+    /// The clock topic (`LogAppendTime`); default: 1 partition, retention 1
+    /// hour (a probe is read by no one: its acknowledgement is the point).
+    #[serde(default)]
+    pub clock: Option<FixedTopic>,
     /// How tier topics' retention is derived (their partitions come from the wheel).
     pub tiers: TierTopics,
     #[serde(default)]
@@ -114,6 +118,9 @@ pub struct TopicPlan {
     pub min_retention_ms: i64,
     /// `cleanup.policy=compact,delete` (the cancel topic).
     pub compacted: bool,
+    /// `message.timestamp.type=LogAppendTime`: the broker stamps each record
+    /// with its own clock (the tiers and the clock topic).
+    pub broker_stamped: bool,
 }
 
 impl Spec {
@@ -132,8 +139,8 @@ impl Spec {
         toml::from_str(&text).map_err(|error| TopicsError::SpecParse { path: name, error })
     }
 
-    /// Every topic the service needs: ingress, dead-letter, cancel, then the
-    /// tiers.
+    /// Every topic the service needs: ingress, dead-letter, cancel, clock,
+    /// then the tiers.
     pub fn plan(&self, settings: &Settings) -> Result<Vec<TopicPlan>, TopicsError> {
         let table = settings.tier_table()?;
         let ms = |d: &Serde<Duration>| d.as_millis() as i64;
@@ -144,6 +151,7 @@ impl Spec {
                 retention_ms: ms(&self.ingress.retention),
                 min_retention_ms: 0,
                 compacted: false,
+                broker_stamped: false,
             },
             TopicPlan {
                 name: settings.topics.dead_letter.clone(),
@@ -151,6 +159,7 @@ impl Spec {
                 retention_ms: ms(&self.dead_letter.retention),
                 min_retention_ms: 0,
                 compacted: false,
+                broker_stamped: false,
             },
             TopicPlan {
                 name: settings.topics.cancel.clone(),
@@ -163,6 +172,15 @@ impl Spec {
                     }),
                 min_retention_ms: 0,
                 compacted: true,
+                broker_stamped: false,
+            },
+            TopicPlan {
+                name: settings.topics.clock.clone(),
+                partitions: self.clock.as_ref().map_or(1, |c| c.partitions),
+                retention_ms: self.clock.as_ref().map_or(3_600_000, |c| ms(&c.retention)),
+                min_retention_ms: 0,
+                compacted: false,
+                broker_stamped: true,
             },
         ];
         let k = i64::from(settings.wheel.partitions_per_slot);
@@ -175,6 +193,7 @@ impl Spec {
                     + ms(&self.tiers.retention_margin),
                 min_retention_ms: horizon,
                 compacted: false,
+                broker_stamped: true,
             });
         }
         if let Some(bad) = plans.iter().find(|p| p.partitions < 1) {
@@ -289,10 +308,10 @@ pub async fn apply(settings: &Settings, spec: &Spec) -> Result<Vec<Report>, Topi
         if let Some(min_isr) = &min_isr {
             topic = topic.set("min.insync.replicas", min_isr);
         }
-        if plan.min_retention_ms > 0 {
-            // Tier records are stamped by the broker: retention follows the
-            // broker's clock, and the service estimates its clock offset
-            // from the stamps (crate::model::clock).
+        if plan.broker_stamped {
+            // Tier and clock records are stamped by the broker: retention
+            // follows the broker's clock, and the service reads the broker's
+            // clock from the stamps (crate::model::clock).
             topic = topic.set("message.timestamp.type", "LogAppendTime");
         }
         for (k, v) in &spec.configs {
@@ -415,6 +434,11 @@ pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>,
         settings.topics.cancel
     ));
     lines.push(format!(
+        "{base} {} --topic {}",
+        ops(&["Write", "Describe"]),
+        settings.topics.clock
+    ));
+    lines.push(format!(
         "{base} {} --group {}. --resource-pattern-type prefixed",
         ops(&["Read", "Describe"]),
         settings.kafka.group_id
@@ -479,9 +503,7 @@ pub fn verify(settings: &Settings, spec: &Spec) -> Result<(), TopicsError> {
             )))
             }
             Some(actual)
-                if plan.name != settings.topics.ingress
-                    && plan.name != settings.topics.dead_letter
-                    && plan.name != settings.topics.cancel
+                if crate::kafka::layout::is_tier(settings, &plan.name)
                     && actual != plan.partitions =>
             {
                 return Err(TopicsError::Drift(format!(
@@ -509,6 +531,9 @@ mod tests {
         assert!(lines.contains(
             "User:<canceller> --operation Write --operation Describe --topic delay.cancel"
         ));
+        assert!(
+            lines.contains("User:svc --operation Write --operation Describe --topic delay.clock")
+        );
         assert!(lines.contains("any writer of delay.cancel can cancel any record"));
         assert!(!lines.contains("--transactional-id"));
         settings.delivery.mode = crate::config::DeliveryMode::ExactlyOnce;
@@ -524,12 +549,15 @@ mod tests {
         let spec = Spec::load(None).unwrap();
         let plans = spec.plan(&Settings::default()).unwrap();
         let parts: Vec<i32> = plans.iter().map(|p| p.partitions).collect();
-        assert_eq!(parts, vec![6, 3, 3, 64, 64, 28, 32]);
+        assert_eq!(parts, vec![6, 3, 3, 1, 64, 64, 28, 32]);
         assert!(plans[2].compacted && plans[2].name == "delay.cancel");
-        for p in &plans[3..] {
+        assert!(plans[3].broker_stamped && plans[3].name == "delay.clock");
+        assert!(!plans[..3].iter().any(|p| p.broker_stamped));
+        for p in &plans[4..] {
             assert!(p.retention_ms > p.min_retention_ms, "{p:?}");
+            assert!(p.broker_stamped, "{p:?}");
         }
-        assert_eq!(plans[3].name, "delay.1s");
+        assert_eq!(plans[4].name, "delay.1s");
     }
 
     #[test]
@@ -540,6 +568,7 @@ mod tests {
             retention_ms: 1,
             min_retention_ms: 0,
             compacted: false,
+            broker_stamped: true,
         };
         let line = Report {
             plan,

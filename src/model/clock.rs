@@ -1,24 +1,177 @@
-//! Wall-clock time, and an estimate of how far this instance's clock is
-//! from the broker's.
+//! Time: the broker's clock, as this instance knows it.
 //!
-//! Releases and due times use the local clock (docs/architecture.md, "Invariants"). The offset is
-//! estimated from tier writes: tier topics are created with
-//! `message.timestamp.type=LogAppendTime`, so the broker stamps each tier
-//! record with its own clock and returns the stamp in the produce
-//! acknowledgement. The broker stamped the record before we received the
-//! acknowledgement, so `ack time (local) − stamp (broker)` is the clock
-//! offset plus the acknowledgement's return trip: an upper bound that is
-//! tight when the trip is short. The smallest such value over a window
-//! (NTP's minimum-delay filter, RFC 5905 §10) is the estimate.
+//! Every decision of the service (release, the due-soon timer, routing,
+//! late-append detection, cancellation expiry, checks of tier records)
+//! reads [`now_ms`]: the broker's time as a *lower bound*, carried forward
+//! on this host's monotonic clock. The host's wall clock ([`wall_ms`]) is
+//! read only for people (logs, the raw offset metric) and by clients that
+//! have no estimate (the command-line tools).
+//!
+//! How the bound is built ([`BrokerClock`]). Tier topics and the clock
+//! topic stamp records with `LogAppendTime`: the broker writes its own
+//! time into each record and returns it in the produce acknowledgement.
+//! The broker stamped the record after we sent it and before we received
+//! the acknowledgement, so, with `S` the stamp, `s` the send and `a` the
+//! acknowledgement on the monotonic clock:
+//!
+//! * broker time at `t ≥ a` is at least `S + (t − a)·(1 − ρ)`;
+//! * broker time at `t ≥ s` is at most `S + 1 ms + (t − s)·(1 + ρ)`;
+//!
+//! where `ρ` ([`DRIFT_PPM`]) bounds how fast the two clocks' rates may
+//! differ. All lower lines share the slope `1 − ρ`, so the best of them is
+//! the one with the greatest intercept: one atomic maximum, no window, no
+//! lock (the same for the upper lines with a minimum). The bound's error
+//! is the gap between the two lines: the round trip of the best probe
+//! plus `2ρ` per second since. This is NTP's minimum-delay filter and
+//! dispersion growth (RFC 5905 §10 and §11) reduced to the one thing
+//! delivery needs: never ahead of the broker.
+//!
+//! The monotonic clock neither steps nor runs backwards, so a host whose
+//! wall clock steps (an hour, by hand or by NTP) does not move this clock
+//! at all; a host whose clock rate is off by up to `ρ` stays behind the
+//! broker. [`now_ms`] never decreases while the broker's clock does not.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Current wall-clock time, epoch ms.
-pub fn now_ms() -> i64 {
+/// The largest rate difference between this host's monotonic clock and the
+/// broker's clock that the bound absorbs, parts per million. Linux slews a
+/// clock by at most 500 ppm (`MAXFREQ`, kernel/time/ntp.c); two clocks
+/// each slewed the other way differ by up to 1,000 ppm. A bound that lags
+/// by 1 ms per second since its best sample costs nothing: samples come
+/// every second ([`crate::kafka`] clock probe) and with every tier write.
+pub const DRIFT_PPM: i64 = 1_000;
+
+/// Microseconds subtracted from every lower line for integer rounding (two
+/// floors of at most 1 µs each).
+const ROUNDING_US: i64 = 2;
+
+/// The host's wall clock, epoch ms. Not for decisions: see [`now_ms`].
+pub fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The monotonic clock, µs since the first call in this process.
+pub fn mono_us() -> i64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_micros() as i64
+}
+
+static BROKER: BrokerClock = BrokerClock::new();
+
+/// This process's estimate of the broker's clock; samples go here.
+pub fn broker() -> &'static BrokerClock {
+    &BROKER
+}
+
+/// The broker's time now, epoch ms: the one clock every decision reads.
+/// Never ahead of the broker's clock (see the module documentation).
+/// Before the first sample, the host's wall clock: the service takes a
+/// sample before any decision (`kafka-delay run` waits for its first clock
+/// probe); the command-line tools, which take none, read the wall clock.
+pub fn now_ms() -> i64 {
+    BROKER.now_ms(mono_us()).unwrap_or_else(wall_ms)
+}
+
+const NO_LOWER: i64 = i64::MIN;
+const NO_UPPER: i64 = i64::MAX;
+
+/// Lower and upper bounds on the broker's clock as lines over this host's
+/// monotonic clock (µs, [`mono_us`]). Written from any thread.
+#[derive(Debug)]
+pub struct BrokerClock {
+    /// Greatest intercept of the lower lines, µs: broker time ≥
+    /// `slow(t) + lower`.
+    lower: AtomicI64,
+    /// Least intercept of the upper lines, µs: broker time ≤
+    /// `fast(t) + upper`.
+    upper: AtomicI64,
+}
+
+impl Default for BrokerClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `t·(1 − ρ)`, within 1 µs; never decreasing.
+fn slow(t_us: i64) -> i64 {
+    t_us - (t_us * DRIFT_PPM).div_euclid(1_000_000)
+}
+
+/// `t·(1 + ρ)`, within 1 µs.
+fn fast(t_us: i64) -> i64 {
+    t_us + (t_us * DRIFT_PPM).div_euclid(1_000_000)
+}
+
+/// What a clock probe's acknowledgement did to the estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// Consistent with every sample so far.
+    Agrees,
+    /// The probe's upper bound is below the current lower bound by this
+    /// many ms: the broker's clock stepped back, or the rates differed by
+    /// more than [`DRIFT_PPM`]. The lower bound was reset to the probe's:
+    /// the clock moved back (records wait longer, none is early).
+    Contradicts(i64),
+}
+
+impl BrokerClock {
+    /// No sample yet.
+    pub const fn new() -> Self {
+        Self {
+            lower: AtomicI64::new(NO_LOWER),
+            upper: AtomicI64::new(NO_UPPER),
+        }
+    }
+
+    /// An acknowledgement received at `ack_us` (monotonic) for a record the
+    /// broker stamped `broker_ms` (epoch ms, `LogAppendTime`).
+    pub fn sample_ack(&self, ack_us: i64, broker_ms: i64) {
+        let line = broker_ms.saturating_mul(1_000) - slow(ack_us) - ROUNDING_US;
+        self.lower.fetch_max(line, Ordering::Relaxed);
+    }
+
+    /// A clock probe sent at `sent_us` and acknowledged at `ack_us`
+    /// (monotonic), stamped `broker_ms` by the broker: both bounds.
+    pub fn sample_probe(&self, sent_us: i64, ack_us: i64, broker_ms: i64) -> ProbeOutcome {
+        let stamp_us = broker_ms.saturating_mul(1_000);
+        let up = stamp_us + 1_000 - fast(sent_us) + ROUNDING_US;
+        let low = stamp_us - slow(ack_us) - ROUNDING_US;
+        let current = self.lower.load(Ordering::Relaxed);
+        let gap_us = match current {
+            NO_LOWER => 0,
+            _ => (slow(ack_us) + current) - (fast(ack_us) + up),
+        };
+        if gap_us > 0 {
+            // Every earlier line is suspect: start again from this probe.
+            self.lower.store(low, Ordering::Relaxed);
+            self.upper.store(up, Ordering::Relaxed);
+            return ProbeOutcome::Contradicts(gap_us.div_euclid(1_000) + 1);
+        }
+        self.lower.fetch_max(low, Ordering::Relaxed);
+        self.upper.fetch_min(up, Ordering::Relaxed);
+        ProbeOutcome::Agrees
+    }
+
+    /// The broker's time at `t_us` (monotonic), epoch ms, at most the true
+    /// time. None before the first sample.
+    pub fn now_ms(&self, t_us: i64) -> Option<i64> {
+        let lower = self.lower.load(Ordering::Relaxed);
+        (lower != NO_LOWER).then(|| (slow(t_us) + lower).div_euclid(1_000))
+    }
+
+    /// How far the broker's time may be ahead of [`Self::now_ms`] at `t_us`,
+    /// ms: the estimate's error. None before the first probe.
+    pub fn error_ms(&self, t_us: i64) -> Option<i64> {
+        let lower = self.lower.load(Ordering::Relaxed);
+        let upper = self.upper.load(Ordering::Relaxed);
+        (lower != NO_LOWER && upper != NO_UPPER)
+            .then(|| (fast(t_us) + upper - (slow(t_us) + lower)).div_euclid(1_000) + 1)
+    }
 }
 
 /// 9999-12-31T23:59:59.999Z, epoch ms: the last instant RFC 3339 (and
@@ -37,80 +190,5 @@ pub fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-const NONE: i64 = i64::MAX;
-
-/// Minimum of `local − broker` over the current and the previous window.
-/// Samples come from producer threads; [`OffsetEstimator::rotate`] starts a
-/// new window.
-#[derive(Debug)]
-pub struct OffsetEstimator {
-    current: AtomicI64,
-    previous: AtomicI64,
-}
-
-impl Default for OffsetEstimator {
-    fn default() -> Self {
-        Self {
-            current: AtomicI64::new(NONE),
-            previous: AtomicI64::new(NONE),
-        }
-    }
-}
-
-impl OffsetEstimator {
-    /// One acknowledgement received at `local_ms` for a record the broker
-    /// stamped at `broker_ms` (both epoch ms).
-    pub fn sample(&self, local_ms: i64, broker_ms: i64) {
-        self.current
-            .fetch_min(local_ms.saturating_sub(broker_ms), Ordering::Relaxed);
-    }
-
-    /// The estimated offset of the local clock from the broker's, ms
-    /// (positive: local clock ahead). None without samples in the last two
-    /// windows (no tier writes, or tier topics with `CreateTime` stamps).
-    pub fn estimate(&self) -> Option<i64> {
-        let best = self
-            .current
-            .load(Ordering::Relaxed)
-            .min(self.previous.load(Ordering::Relaxed));
-        (best != NONE).then_some(best)
-    }
-
-    /// Ends the current window.
-    pub fn rotate(&self) {
-        let current = self.current.swap(NONE, Ordering::Relaxed);
-        self.previous.store(current, Ordering::Relaxed);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn any_instant_formats_without_panicking() {
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(-5), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_ms(LAST_RFC3339_MS), "9999-12-31T23:59:59.999Z");
-        for ms in [LAST_RFC3339_MS + 1, 300_000_000_000_000, i64::MAX] {
-            assert!(rfc3339_ms(ms).contains("after year 9999"), "{ms}");
-        }
-    }
-
-    #[test]
-    fn the_smallest_recent_difference_wins_and_old_windows_expire() {
-        let e = OffsetEstimator::default();
-        assert_eq!(e.estimate(), None);
-        e.sample(1_000, 1_000 - 3_005);
-        e.sample(2_000, 2_000 - 3_001);
-        e.sample(3_000, 3_000 - 3_020);
-        assert_eq!(e.estimate(), Some(3_001));
-        e.rotate();
-        assert_eq!(e.estimate(), Some(3_001), "previous window still counts");
-        e.sample(4_000, 4_000 + 250);
-        assert_eq!(e.estimate(), Some(-250));
-        e.rotate();
-        e.rotate();
-        assert_eq!(e.estimate(), None);
-    }
-}
+mod tests;

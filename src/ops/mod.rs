@@ -3,11 +3,14 @@
 //! engine reports here; nothing here decides about a record.
 //!
 //! * [`metrics`] — Prometheus metrics, one atomic per hot-path event;
+//! * [`clock`] — the clock metrics and warnings (the estimate's error, the
+//!   host's offset);
 //! * [`health`] — liveness and readiness from each loop's heartbeat;
 //! * [`http`] — `/metrics`, `/healthz`, `/readyz`;
 //! * [`telemetry`] — the tracing subscriber (text or JSON logs);
 //! * [`shutdown`] — SIGTERM and SIGINT to a stop flag.
 
+pub mod clock;
 pub mod health;
 pub mod http;
 pub mod metrics;

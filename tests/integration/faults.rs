@@ -177,9 +177,10 @@ pub fn signal(pid: i32, sig: i32) {
 }
 
 /// A C shim, preloaded into a child, that shifts `CLOCK_REALTIME` by
-/// `KD_CLOCK_OFFSET_MS` (monotonic clocks are left alone, so librdkafka's
-/// timeouts are unaffected). Built once per test run with the system C
-/// compiler.
+/// `KD_CLOCK_OFFSET_MS`, or by the number in the file `KD_CLOCK_OFFSET_FILE`
+/// (read again every 20 ms: a test steps the clock by writing it).
+/// Monotonic clocks are left alone, as on a real host whose wall clock is
+/// off or stepped. Built once per test run with the system C compiler.
 fn clock_shim() -> &'static Path {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
     SHIM.get_or_init(|| {
@@ -192,13 +193,39 @@ fn clock_shim() -> &'static Path {
             r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <time.h>
 #include <sys/time.h>
 
+static int (*real)(clockid_t, struct timespec *);
+
 static long long offset_ms(void) {
-    const char *s = getenv("KD_CLOCK_OFFSET_MS");
-    return s ? atoll(s) : 0;
+    static long long cached, read_at_ns = -1;
+    const char *path = getenv("KD_CLOCK_OFFSET_FILE");
+    if (!path) {
+        const char *s = getenv("KD_CLOCK_OFFSET_MS");
+        return s ? atoll(s) : 0;
+    }
+    struct timespec mono;
+    real(CLOCK_MONOTONIC, &mono);
+    long long ns = mono.tv_sec * 1000000000LL + mono.tv_nsec;
+    long long last = __atomic_load_n(&read_at_ns, __ATOMIC_RELAXED);
+    if (last < 0 || ns - last > 20000000LL) {
+        int fd = open(path, O_RDONLY);
+        if (fd >= 0) {
+            char buf[32];
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (n > 0) {
+                buf[n] = 0;
+                __atomic_store_n(&cached, atoll(buf), __ATOMIC_RELAXED);
+            }
+        }
+        __atomic_store_n(&read_at_ns, ns, __ATOMIC_RELAXED);
+    }
+    return __atomic_load_n(&cached, __ATOMIC_RELAXED);
 }
 
 static void shift(struct timespec *ts, long long ms) {
@@ -210,7 +237,6 @@ static void shift(struct timespec *ts, long long ms) {
 }
 
 int clock_gettime(clockid_t id, struct timespec *ts) {
-    static int (*real)(clockid_t, struct timespec *);
     if (!real) real = dlsym(RTLD_NEXT, "clock_gettime");
     int rc = real(id, ts);
     if (rc == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) shift(ts, offset_ms());
@@ -245,6 +271,8 @@ pub struct Instance {
     child: Option<Child>,
     settings: Settings,
     clock_offset_ms: i64,
+    /// A file holding the wall clock's offset, ms (the test steps it).
+    clock_file: Option<PathBuf>,
     /// A program and its arguments that run the service (valgrind).
     wrapper: Vec<String>,
     pub name: &'static str,
@@ -263,6 +291,15 @@ impl Instance {
         Self::start_with(name, settings, offset_ms, &[])
     }
 
+    /// Starts an instance whose wall clock is off by the number of ms in
+    /// `file`, read again every 20 ms ([`set_clock_offset`] steps it).
+    pub fn start_stepped(name: &'static str, settings: &Settings, file: &Path) -> Self {
+        let mut instance = Self::unspawned(name, settings, 0, &[]);
+        instance.clock_file = Some(file.to_owned());
+        instance.spawn();
+        instance
+    }
+
     /// Starts an instance run by `wrapper` (a program and its arguments,
     /// e.g. valgrind), which is given the service's command line.
     pub fn start_wrapped(name: &'static str, settings: &Settings, wrapper: &[&str]) -> Self {
@@ -275,31 +312,39 @@ impl Instance {
         offset_ms: i64,
         wrapper: &[&str],
     ) -> Self {
+        let mut instance = Self::unspawned(name, settings, offset_ms, wrapper);
+        instance.spawn();
+        instance
+    }
+
+    fn unspawned(
+        name: &'static str,
+        settings: &Settings,
+        offset_ms: i64,
+        wrapper: &[&str],
+    ) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
         let mut settings = settings.clone();
         settings.http.enabled = true;
         settings.http.bind = http.clone();
-        let mut instance = Self {
+        Self {
             child: None,
             settings,
             clock_offset_ms: offset_ms,
+            clock_file: None,
             wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
             name,
             http,
-        };
-        instance.spawn();
-        instance
+        }
     }
 
     fn spawn(&mut self) {
         let binary = service_binary();
         // Another build (KAFKA_DELAY_TEST_BIN) may predate some keys.
         let other = binary != BIN;
-        let env = self
-            .settings
-            .env_overrides()
-            .into_iter()
-            .filter(|(k, _)| !(other && k.ends_with("MAX_CLOCK_SKEW")));
+        let env = self.settings.env_overrides().into_iter().filter(|(k, _)| {
+            !(other && (k.ends_with("MAX_CLOCK_SKEW") || k.ends_with("TOPICS__CLOCK")))
+        });
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -331,6 +376,10 @@ impl Instance {
         if self.clock_offset_ms != 0 {
             cmd.env("LD_PRELOAD", clock_shim())
                 .env("KD_CLOCK_OFFSET_MS", self.clock_offset_ms.to_string());
+        }
+        if let Some(file) = &self.clock_file {
+            cmd.env("LD_PRELOAD", clock_shim())
+                .env("KD_CLOCK_OFFSET_FILE", file);
         }
         die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn().expect("spawn kafka-delay"));
@@ -546,7 +595,15 @@ pub fn read_all(settings: &Settings, topic: &str) -> Vec<Arrival> {
 }
 
 fn now_ms() -> i64 {
-    kafka_delay::model::clock::now_ms()
+    kafka_delay::model::clock::wall_ms()
+}
+
+/// Sets the wall-clock offset (ms) of instances started with
+/// [`Instance::start_stepped`] on `file`: a step of their clock.
+pub fn set_clock_offset(file: &Path, offset_ms: i64) {
+    let staged = file.with_extension("next");
+    std::fs::write(&staged, offset_ms.to_string()).unwrap();
+    std::fs::rename(&staged, file).unwrap();
 }
 
 /// Waits until `cond` holds or `timeout` passes; returns whether it held.

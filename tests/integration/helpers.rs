@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kafka_delay::config::Settings;
-use kafka_delay::model::clock::now_ms;
+use kafka_delay::model::clock::wall_ms as now_ms;
 use kafka_delay::ops::health::Health;
 use kafka_delay::ops::metrics::Metrics;
 use kafka_delay::{kafka, kafka::topics, model::envelope, service};

@@ -8,6 +8,7 @@
 
 mod bad_input;
 mod cancel;
+mod clock;
 mod exactly_once;
 mod faults;
 mod helpers;
@@ -19,7 +20,7 @@ mod process;
 use std::time::Duration;
 
 use helpers::*;
-use kafka_delay::model::clock::now_ms;
+use kafka_delay::model::clock::wall_ms as now_ms;
 use kafka_delay::model::envelope;
 use rdkafka::Message;
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use kafka_delay::model::clock::now_ms;
+use kafka_delay::model::clock::wall_ms as now_ms;
 
 use crate::faults::*;
 use crate::helpers::*;

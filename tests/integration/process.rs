@@ -227,7 +227,7 @@ fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
         assert_eq!(code, Some(0), "{out}");
         out
     };
-    let started = kafka_delay::model::clock::now_ms();
+    let started = kafka_delay::model::clock::wall_ms();
     assert!(produce(&["--delay", "3s", "--id", "cli-1", "to-cancel"], "").starts_with("1 records"));
     let (code, out) = cli("cancel", &["--id", "cli-1"], "");
     assert_eq!(code, Some(0), "{out}");

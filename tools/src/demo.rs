@@ -16,7 +16,7 @@ use rdkafka::Message;
 use crate::broker::LocalBroker;
 use kafka_delay::config::Settings;
 use kafka_delay::kafka::topics::{self, Spec};
-use kafka_delay::model::clock::now_ms;
+use kafka_delay::model::clock::wall_ms as now_ms;
 use kafka_delay::{kafka, model::envelope, service};
 
 /// Settings for a single local broker: replication 1, fast group joins and
@@ -28,6 +28,7 @@ pub fn local_settings(bootstrap: &str, prefix: &str, ticks: &[&str]) -> Settings
     s.topics.ingress = format!("{prefix}in");
     s.topics.dead_letter = format!("{prefix}dlq");
     s.topics.cancel = format!("{prefix}cancel");
+    s.topics.clock = format!("{prefix}clock");
     s.topics.tier_prefix = prefix.to_owned();
     s.wheel.ticks = ticks
         .iter()

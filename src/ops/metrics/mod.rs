@@ -95,6 +95,7 @@ pub struct Metrics {
     /// Cancellations and the cancel reader.
     pub cancellations: CancellationMetrics,
     clock_offset: Gauge,
+    clock_error: Gauge,
     clock_limit: Gauge,
     ready: IntGauge,
 }
@@ -187,12 +188,24 @@ impl Metrics {
             &r,
             Gauge::new(
                 "kafka_delay_clock_offset_seconds",
-                "Estimated offset of this instance's clock from the broker's (positive: ahead); \
-                 NaN when unknown.",
+                "How far this host's wall clock is from the broker's (positive: ahead), for \
+                 the people who run NTP: decisions read the broker's clock, whatever this is; \
+                 NaN before the first clock probe.",
             )
             .expect("valid gauge"),
         );
         clock_offset.set(f64::NAN);
+        let clock_error = register(
+            &r,
+            Gauge::new(
+                "kafka_delay_clock_error_seconds",
+                "How far the broker's clock may be ahead of this instance's reading of it \
+                 (the best clock probe's round trip plus 2 ms per second since): records are \
+                 late by at most this, never early; +Inf before the first clock probe.",
+            )
+            .expect("valid gauge"),
+        );
+        clock_error.set(f64::INFINITY);
         let build = register(
             &r,
             IntGaugeVec::new(
@@ -216,11 +229,12 @@ impl Metrics {
             transactions: TransactionMetrics::new(&r),
             cancellations: CancellationMetrics::new(&r),
             clock_offset,
+            clock_error,
             clock_limit: register(
                 &r,
                 Gauge::new(
                     "kafka_delay_clock_skew_limit_seconds",
-                    "The configured wheel.max_clock_skew.",
+                    "The configured wheel.max_clock_skew: the bound on kafka_delay_clock_error_seconds.",
                 )
                 .expect("valid gauge"),
             ),
@@ -233,10 +247,14 @@ impl Metrics {
         }
     }
 
-    /// The clock offset estimate (ms), and the configured limit (ms).
-    pub fn set_clock(&self, offset_ms: Option<i64>, limit_ms: i64) {
+    /// The wall clock's offset from the broker's (ms), the error of the
+    /// estimate of the broker's clock (ms; None: no estimate yet) and the
+    /// configured bound on it (ms).
+    pub fn set_clock(&self, offset_ms: Option<i64>, error_ms: Option<i64>, limit_ms: i64) {
         self.clock_offset
             .set(offset_ms.map_or(f64::NAN, |ms| ms as f64 / 1000.0));
+        self.clock_error
+            .set(error_ms.map_or(f64::INFINITY, |ms| ms as f64 / 1000.0));
         self.clock_limit.set(limit_ms as f64 / 1000.0);
     }
 
@@ -374,7 +392,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        m.set_clock(Some(-250), 500);
+        m.set_clock(Some(-250), Some(7), 500);
         m.ingress.set_backlog(7);
         m.tier.set_retired_pending("delay.50ms", 3);
         let text = m.render();
@@ -389,6 +407,7 @@ mod tests {
             "kafka_delay_delivery_lateness_seconds_bucket{le=\"0.02\"} 1",
             "kafka_delay_clock_offset_seconds -0.25",
             "kafka_delay_clock_skew_limit_seconds 0.5",
+            "kafka_delay_clock_error_seconds 0.007",
             "kafka_delay_ingress_backlog_records 7",
             "kafka_delay_retired_tier_records{topic=\"delay.50ms\"} 3",
             "kafka_delay_build_info{revision=",

@@ -288,7 +288,7 @@ impl CpuTrace {
         let mut samples = Vec::new();
         loop {
             samples.push((
-                kafka_delay::model::clock::now_ms(),
+                kafka_delay::model::clock::wall_ms(),
                 cpu(pids),
                 broker.map_or(0.0, crate::broker::cpu_seconds_of),
             ));

@@ -11,7 +11,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
 use kafka_delay::config::Settings;
-use kafka_delay::model::clock::now_ms;
+use kafka_delay::model::clock::wall_ms as now_ms;
 use kafka_delay::{kafka, model::envelope};
 
 /// Payload of record `index`: its zero-padded number, padded to `size` bytes.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kafka_delay::config::{tick_label, Settings};
-use kafka_delay::model::clock::now_ms;
+use kafka_delay::model::clock::wall_ms as now_ms;
 
 use super::child::{self, CpuTrace, Measured};
 use super::load::{self, Due, Reader, Verification};

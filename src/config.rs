@@ -123,6 +123,11 @@ pub struct TopicSettings {
     /// Topic specs (partitions, retention); the built-in `topics/topics.toml`
     /// when unset.
     pub spec_file: Option<PathBuf>,
+    /// The tier topics' names as found in the cluster
+    /// ([`crate::kafka::layout::resolve`]); not configurable. None: the
+    /// plain names (`tier_prefix` + tick label).
+    #[serde(skip)]
+    pub resolved_tiers: Option<Vec<String>>,
 }
 
 impl Default for TopicSettings {
@@ -136,6 +141,7 @@ impl Default for TopicSettings {
             default_target: None,
             allowed_targets: None,
             spec_file: None,
+            resolved_tiers: None,
         }
     }
 }
@@ -164,10 +170,31 @@ pub struct WheelSettings {
     /// How long a drained tier partition stays resumed for late appends
     /// before it sleeps until its next turn.
     pub grace: Serde<Duration>,
-    /// Largest clock offset from the broker that the tier table is built to
-    /// absorb; beyond it `kafka_delay_clock_offset_seconds` alerts (see
-    /// README, Guarantees).
+    /// Largest error of an instance's reading of the broker's clock
+    /// (`kafka_delay_clock_error_seconds`) that the tier table is built to
+    /// absorb (slot margin); beyond it the clock alert fires (README,
+    /// "Time"). Hosts' own clocks may be off by any amount: every decision
+    /// reads the broker's clock.
     pub max_clock_skew: Serde<Duration>,
+    /// Whose clock decisions read: `broker` (the default: the broker's,
+    /// from clock probes) or `host` (this host's wall clock, for brokers
+    /// that cannot stamp `LogAppendTime`; README, "Time").
+    pub clock: ClockSource,
+}
+
+/// Whose clock decides when a record is due (`wheel.clock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockSource {
+    /// The broker's, read from `LogAppendTime` stamps of clock probes
+    /// ([`crate::model::clock`]): hosts' clocks may be off by any amount.
+    #[default]
+    Broker,
+    /// This host's wall clock: for brokers that ignore
+    /// `message.timestamp.type=LogAppendTime` (Tansu). A host clock ahead of
+    /// the broker's delivers early by as much; `kafka_delay_clock_error_seconds`
+    /// stays +Inf (unknown).
+    Host,
 }
 
 impl Default for WheelSettings {
@@ -183,6 +210,7 @@ impl Default for WheelSettings {
             lead: d("200ms"),
             grace: d("1s"),
             max_clock_skew: d("500ms"),
+            clock: ClockSource::Broker,
         }
     }
 }
@@ -471,21 +499,42 @@ impl Settings {
     }
 
     /// The consumer group of one loop: `<group_id>.ingress` for the ingress,
-    /// `<group_id>.<tick label>` (`kafka-delay.1s`) for a tier. One group per
+    /// `<group_id>.<tier topic suffix>` (`kafka-delay.1s`, or
+    /// `kafka-delay.1s.p70` for a tier re-partitioned in a new topic) for a
+    /// tier, where the suffix is the topic's name after `tier_prefix`. One group per
     /// topic, so that each tier's partitions are shared evenly by the
     /// instances (a group over several topics balances only the total).
     pub fn group_of(&self, label: &str) -> String {
         format!("{}.{label}", self.kafka.group_id)
     }
 
-    /// The label of `topic` when it is a tier topic of an earlier wheel
-    /// layout: `topics.tier_prefix` followed by a tick label, and none of
-    /// the `current` tier topics. Such a topic may still hold records; the
-    /// service drains it (docs/architecture.md, "Changing the wheel").
+    /// The suffix of `topic` when it is a tier topic of an earlier wheel
+    /// layout: `topics.tier_prefix` followed by a tick label, optionally
+    /// `.p<partitions>` (a re-partitioned tier), and none of the `current`
+    /// tier topics. Such a topic may still hold records; the service drains
+    /// it (docs/architecture.md, "Changing the wheel").
     pub fn retired_tier_label(&self, topic: &str, current: &[String]) -> Option<String> {
-        let label = topic.strip_prefix(&self.topics.tier_prefix)?;
-        (parse_tick_label(label).is_some() && !current.iter().any(|c| c == topic))
-            .then(|| label.to_owned())
+        let suffix = topic.strip_prefix(&self.topics.tier_prefix)?;
+        (is_tier_suffix(suffix) && !current.iter().any(|c| c == topic)).then(|| suffix.to_owned())
+    }
+
+    /// The consumer-group suffix of each current tier: its topic's name
+    /// after `tier_prefix` ([`Self::group_of`]).
+    pub fn tier_group_labels(&self, table: &TierTable) -> Vec<String> {
+        self.tier_topics(table)
+            .iter()
+            .map(|t| {
+                t.strip_prefix(&self.topics.tier_prefix)
+                    .unwrap_or(t)
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Each tier's partition count: its slots × `partitions_per_slot`.
+    pub fn tier_partitions(&self, table: &TierTable) -> Vec<i32> {
+        let k = i64::from(self.wheel.partitions_per_slot);
+        table.tiers().iter().map(|t| (t.slots * k) as i32).collect()
     }
 
     /// The topics whose names are configured one by one, with their keys:
@@ -499,8 +548,19 @@ impl Settings {
         ]
     }
 
-    /// Tier topic names, lowest tier first.
+    /// Tier topic names, lowest tier first: the names resolved against the
+    /// cluster when set ([`TopicSettings::resolved_tiers`]), else
+    /// `tier_prefix` + tick label.
     pub fn tier_topics(&self, table: &TierTable) -> Vec<String> {
+        match &self.topics.resolved_tiers {
+            Some(names) if names.len() == table.tiers().len() => names.clone(),
+            _ => self.plain_tier_topics(table),
+        }
+    }
+
+    /// `tier_prefix` + tick label for each tier: a tier's name unless its
+    /// partition count changed ([`crate::kafka::layout::resolve`]).
+    pub fn plain_tier_topics(&self, table: &TierTable) -> Vec<String> {
         table
             .tiers()
             .iter()
@@ -567,6 +627,17 @@ pub use labels::{parse_tick_label, tick_label};
 pub use secrets::is_secret_key;
 
 pub use delivery::{DeliveryMode, DeliverySettings};
+
+/// A tier topic's name after `tier_prefix`: a tick label, optionally
+/// followed by `.p<partitions>`.
+fn is_tier_suffix(suffix: &str) -> bool {
+    let (label, partitions) = match suffix.rsplit_once(".p") {
+        Some((label, n)) => (label, Some(n)),
+        None => (suffix, None),
+    };
+    parse_tick_label(label).is_some()
+        && partitions.is_none_or(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Settings;
+use crate::config::{ClockSource, Settings};
 use crate::engine::cancellations::{CancelReader, Cancellations};
 use crate::engine::{ConsumerLoop, EngineError, Limits, Role, Shared};
 use crate::kafka::clock_probe::{ClockProbe, ProbeError};
@@ -103,13 +103,21 @@ pub fn run(settings: &Settings, stop: Arc<AtomicBool>, signals: bool) -> Result<
 }
 
 /// Waits until the cluster answers and the topics are right; an unreachable
-/// cluster is retried with back-off for `service.startup_timeout`.
-fn verify_topics(settings: &Settings, spec: &Spec, stop: &AtomicBool) -> Result<(), ServiceError> {
+/// cluster is retried with back-off for `service.startup_timeout`. Returns
+/// `settings` with the tier topics' names as found in the cluster
+/// ([`layout::resolve`]).
+fn verify_topics(
+    settings: &Settings,
+    spec: &Spec,
+    stop: &AtomicBool,
+) -> Result<Settings, ServiceError> {
     let deadline = Instant::now() + *settings.service.startup_timeout;
     let mut backoff = Duration::from_millis(500);
     loop {
-        match topics::verify(settings, spec) {
-            Ok(()) => return Ok(()),
+        match layout::resolve(settings)
+            .and_then(|resolved| topics::verify(&resolved, spec).map(|()| resolved))
+        {
+            Ok(resolved) => return Ok(resolved),
             Err(TopicsError::Kafka(error @ rdkafka::error::KafkaError::ClientConfig(..))) => {
                 return Err(TopicsError::Kafka(error).into())
             }
@@ -163,16 +171,26 @@ pub fn run_with(
         });
     }
     let spec = Spec::load(settings.topics.spec_file.as_deref())?;
-    verify_topics(settings, &spec, &stop)?;
+    let settings = &verify_topics(settings, &spec, &stop)?;
     // No decision before the broker's clock is known: the first probe is
     // acknowledged before anything else reads the clock.
-    let probe = ClockProbe::start(settings)?;
-    if !probe.wait_first(*settings.service.startup_timeout, &stop)? {
-        tracing::info!("stopped while reading the broker's clock");
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        return Ok(());
-    }
-    crate::ops::clock::log_first_reading();
+    let probe = match settings.wheel.clock {
+        ClockSource::Broker => {
+            let probe = ClockProbe::start(settings)?;
+            if !probe.wait_first(*settings.service.startup_timeout, &stop)? {
+                tracing::info!("stopped while reading the broker's clock");
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                return Ok(());
+            }
+            crate::ops::clock::log_first_reading();
+            Some(probe)
+        }
+        ClockSource::Host => {
+            crate::model::clock::use_host_clock();
+            tracing::warn!("wheel.clock = \"host\": due times are judged by this host's wall clock; a host clock ahead of the broker's delivers early by as much (README, \"Time\")");
+            None
+        }
+    };
     let table = settings.tier_table().map_err(EngineError::from)?;
     let roles = roles(table.tiers().len());
     let s = &settings.service;
@@ -255,7 +273,9 @@ pub fn run_with(
     }
     let result = join_loops(threads);
     cancel_reader.stop();
-    probe.stop();
+    if let Some(probe) = probe {
+        probe.stop();
+    }
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }

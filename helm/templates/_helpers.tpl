@@ -194,6 +194,7 @@ min_insync_replicas = {{ .Values.wheel.minInsyncReplicas | int64 }}
 lead = {{ .Values.wheel.lead | quote }}
 grace = {{ .Values.wheel.grace | quote }}
 max_clock_skew = {{ .Values.wheel.maxClockSkew | quote }}
+clock = {{ .Values.wheel.clock | quote }}
 [service]
 shutdown_timeout = {{ $s.shutdownTimeout | quote }}
 commit_interval = {{ $s.commitInterval | quote }}

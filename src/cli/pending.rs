@@ -114,6 +114,8 @@ pub fn scan(
     let table = settings
         .tier_table()
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+    let settings = &crate::kafka::layout::resolve(settings)
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
     let mut labels: Vec<String> = table
         .tiers()
         .iter()
@@ -123,7 +125,8 @@ pub fn scan(
     // Tier topics of earlier layouts still being drained count too.
     let retired = crate::kafka::layout::retired_tiers(settings)
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
-    let groups: Vec<String> = labels
+    let groups: Vec<String> = settings
+        .tier_group_labels(&table)
         .iter()
         .chain(retired.iter().map(|r| &r.label))
         .map(|label| settings.group_of(label))

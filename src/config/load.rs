@@ -86,8 +86,20 @@ impl Settings {
             ("WHEEL__TICKS", ticks.join(",")),
             ("WHEEL__TOP_SLOTS", self.wheel.top_slots.to_string()),
             (
+                "WHEEL__PARTITIONS_PER_SLOT",
+                self.wheel.partitions_per_slot.to_string(),
+            ),
+            (
                 "WHEEL__MAX_CLOCK_SKEW",
                 format!("{}ms", self.wheel.max_clock_skew.as_millis()),
+            ),
+            (
+                "WHEEL__CLOCK",
+                match self.wheel.clock {
+                    super::ClockSource::Broker => "broker",
+                    super::ClockSource::Host => "host",
+                }
+                .to_owned(),
             ),
             (
                 "WHEEL__REPLICATION_FACTOR",

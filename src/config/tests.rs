@@ -353,4 +353,16 @@ fn tick_labels_parse_back_and_retired_tiers_are_recognised() {
         None
     );
     assert_eq!(settings.retired_tier_label("other.1s", &current), None);
+    // A re-partitioned tier's topic (`.p<partitions>`) is a tier too.
+    assert_eq!(
+        settings.retired_tier_label(&format!("{prefix}50ms.p46"), &current),
+        Some("50ms.p46".to_owned())
+    );
+    for not_tier in ["50ms.p", "50ms.px", "50ms.q46", "clock"] {
+        assert_eq!(
+            settings.retired_tier_label(&format!("{prefix}{not_tier}"), &current),
+            None,
+            "{not_tier}"
+        );
+    }
 }

@@ -139,7 +139,10 @@ impl ConsumerLoop {
         } else {
             None
         };
-        let group = settings.group_of(&label);
+        let group = match role {
+            Role::Tier(t) => settings.group_of(&settings.tier_group_labels(&table)[t]),
+            _ => settings.group_of(&label),
+        };
         let tier_lead_ms = match role {
             Role::Ingress | Role::Retired(_) => None,
             Role::Tier(t) => Some(table.tiers()[t].lead_ms),

@@ -14,6 +14,53 @@ use super::topics::{admin, partition_counts, Spec, TopicsError};
 use crate::config::Settings;
 use crate::kafka;
 
+/// Where a tier lives, given the topics in the cluster (name → partition
+/// count): `tier_prefix` + tick label (`delay.1s`) unless that topic exists
+/// with another partition count than the tier needs — then
+/// `delay.1s.p<partitions>`, a topic of its own, and the old one is a
+/// retired tier, drained into the new. Partition counts are never changed
+/// in place (Kafka cannot shrink a topic, and growing one would re-slot the
+/// records it holds); a new topic per count keeps instances of the old and
+/// the new count apart during a rolling change.
+pub fn resolve_names(
+    settings: &Settings,
+    existing: &std::collections::HashMap<String, i32>,
+) -> Result<Vec<String>, TopicsError> {
+    let table = settings.tier_table()?;
+    let plain = settings.plain_tier_topics(&table);
+    Ok(plain
+        .into_iter()
+        .zip(settings.tier_partitions(&table))
+        .map(|(base, partitions)| {
+            let own = format!("{base}.p{partitions}");
+            if existing.contains_key(&own) {
+                own
+            } else if existing.get(&base).is_none_or(|&n| n == partitions) {
+                base
+            } else {
+                own
+            }
+        })
+        .collect())
+}
+
+/// `settings` with the tier topics' names resolved against the cluster
+/// ([`resolve_names`]). Errors: the cluster's metadata cannot be read.
+pub fn resolve(settings: &Settings) -> Result<Settings, TopicsError> {
+    let metadata = admin(settings)?
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let existing = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect();
+    let mut resolved = settings.clone();
+    resolved.topics.resolved_tiers = Some(resolve_names(settings, &existing)?);
+    Ok(resolved)
+}
+
 /// A tier topic of an earlier wheel layout found in the cluster
 /// ([`Settings::retired_tier_label`]: the service's tier prefix and a tick
 /// label, so the name family is the service's). The service reads it in
@@ -24,7 +71,8 @@ use crate::kafka;
 pub struct RetiredTier {
     /// The topic.
     pub topic: String,
-    /// Its tick label (`50ms`, `1s`, …): the consumer group's suffix.
+    /// Its name after `tier_prefix` (`50ms`, `1s.p70`, …): the consumer
+    /// group's suffix.
     pub label: String,
     /// Records past the committed offsets when it was found.
     pub records: i64,
@@ -35,6 +83,14 @@ pub struct RetiredTier {
 /// the group committed none (a partition whose head was held until its
 /// release never committed anything).
 pub fn retired_tiers(settings: &Settings) -> Result<Vec<RetiredTier>, TopicsError> {
+    let resolved;
+    let settings = match settings.topics.resolved_tiers {
+        Some(_) => settings,
+        None => {
+            resolved = resolve(settings)?;
+            &resolved
+        }
+    };
     let table = settings.tier_table()?;
     let current = settings.tier_topics(&table);
     let metadata = admin(settings)?
@@ -134,6 +190,7 @@ impl std::fmt::Display for PlanLine {
 /// (create, keep, or drift) and every tier topic of an earlier layout
 /// (retire, with the records it still holds). Nothing is changed.
 pub fn plan(settings: &Settings, spec: &Spec) -> Result<Vec<PlanLine>, TopicsError> {
+    let settings = &resolve(settings)?;
     let plans = spec.plan(settings)?;
     let admin = admin(settings)?;
     let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
@@ -201,4 +258,34 @@ pub async fn prune(settings: &Settings) -> Result<Vec<Pruned>, TopicsError> {
         outcome.push(Pruned::Deleted(retired.topic));
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn a_tier_keeps_its_name_until_its_partition_count_changes() {
+        let settings = Settings::default();
+        // Default wheel: 1s/1m/1h/1d with 64/64/28/32 partitions.
+        let existing = |pairs: &[(&str, i32)]| -> HashMap<String, i32> {
+            pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
+        };
+        let names = resolve_names(&settings, &existing(&[])).unwrap();
+        assert_eq!(names, ["delay.1s", "delay.1m", "delay.1h", "delay.1d"]);
+        let same = existing(&[("delay.1s", 64), ("delay.1d", 32)]);
+        assert_eq!(resolve_names(&settings, &same).unwrap(), names);
+        // top_slots 32 -> 40: the top tier moves to a topic of its own.
+        let mut wider = settings.clone();
+        wider.wheel.top_slots = 40;
+        let names = resolve_names(&wider, &same).unwrap();
+        assert_eq!(names[3], "delay.1d.p40");
+        assert_eq!(names[..3], ["delay.1s", "delay.1m", "delay.1h"]);
+        // Once created it stays, also after the old one is pruned; and a
+        // change back finds the plain name free again.
+        let moved = existing(&[("delay.1d.p40", 40)]);
+        assert_eq!(resolve_names(&wider, &moved).unwrap()[3], "delay.1d.p40");
+        assert_eq!(resolve_names(&settings, &moved).unwrap()[3], "delay.1d");
+    }
 }

@@ -183,12 +183,17 @@ impl Spec {
                 broker_stamped: true,
             },
         ];
-        let k = i64::from(settings.wheel.partitions_per_slot);
-        for (tier, name) in table.tiers().iter().zip(settings.tier_topics(&table)) {
+        let partitions = settings.tier_partitions(&table);
+        for ((tier, name), partitions) in table
+            .tiers()
+            .iter()
+            .zip(settings.tier_topics(&table))
+            .zip(partitions)
+        {
             let horizon = tier.horizon_ms() + tier.lead_ms;
             plans.push(TopicPlan {
                 name,
-                partitions: (tier.slots * k) as i32,
+                partitions,
                 retention_ms: horizon * i64::from(self.tiers.retention_factor.max(1))
                     + ms(&self.tiers.retention_margin),
                 min_retention_ms: horizon,
@@ -288,6 +293,7 @@ pub(super) fn partition_counts(
 /// Creates missing topics and checks existing ones. Returns one report line
 /// per topic; any drift is in the report (see [`has_drift`]).
 pub async fn apply(settings: &Settings, spec: &Spec) -> Result<Vec<Report>, TopicsError> {
+    let settings = &super::layout::resolve(settings)?;
     let plans = spec.plan(settings)?;
     let admin = admin(settings)?;
     let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
@@ -491,6 +497,7 @@ pub fn acl_commands(settings: &Settings, principal: &str) -> Result<Vec<String>,
 /// The error says which topic and to run `kafka-delay topics apply`.
 pub fn verify(settings: &Settings, spec: &Spec) -> Result<(), TopicsError> {
     let plans = spec.plan(settings)?;
+    debug_assert!(settings.topics.resolved_tiers.is_some(), "resolve first");
     let admin = admin(settings)?;
     let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
     let counts = partition_counts(&admin, &names)?;

@@ -31,7 +31,7 @@
 //! at all; a host whose clock rate is off by up to `ρ` stays behind the
 //! broker. [`now_ms`] never decreases while the broker's clock does not.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -62,6 +62,16 @@ pub fn mono_us() -> i64 {
 
 static BROKER: BrokerClock = BrokerClock::new();
 
+/// Set by `wheel.clock = "host"`: decisions read the wall clock.
+static HOST_CLOCK: AtomicBool = AtomicBool::new(false);
+
+/// From now on [`now_ms`] reads this host's wall clock, whatever was
+/// sampled (`wheel.clock = "host"`, for brokers that cannot stamp
+/// `LogAppendTime`).
+pub fn use_host_clock() {
+    HOST_CLOCK.store(true, Ordering::Relaxed);
+}
+
 /// This process's estimate of the broker's clock; samples go here.
 pub fn broker() -> &'static BrokerClock {
     &BROKER
@@ -71,8 +81,12 @@ pub fn broker() -> &'static BrokerClock {
 /// Never ahead of the broker's clock (see the module documentation).
 /// Before the first sample, the host's wall clock: the service takes a
 /// sample before any decision (`kafka-delay run` waits for its first clock
-/// probe); the command-line tools, which take none, read the wall clock.
+/// probe); the command-line tools, which take none, read the wall clock,
+/// as does the service with `wheel.clock = "host"` ([`use_host_clock`]).
 pub fn now_ms() -> i64 {
+    if HOST_CLOCK.load(Ordering::Relaxed) {
+        return wall_ms();
+    }
     BROKER.now_ms(mono_us()).unwrap_or_else(wall_ms)
 }
 

@@ -180,7 +180,10 @@ pub fn signal(pid: i32, sig: i32) {
 /// `KD_CLOCK_OFFSET_MS`, or by the number in the file `KD_CLOCK_OFFSET_FILE`
 /// (read again every 20 ms: a test steps the clock by writing it).
 /// Monotonic clocks are left alone, as on a real host whose wall clock is
-/// off or stepped. Built once per test run with the system C compiler.
+/// off or stepped; deadlines passed to `cnd_timedwait` (librdkafka computes
+/// them on the wall clock) are shifted back, so that the kernel
+/// waits as long as asked. Built once per test run with the system C
+/// compiler.
 fn clock_shim() -> &'static Path {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
     SHIM.get_or_init(|| {
@@ -194,6 +197,7 @@ fn clock_shim() -> &'static Path {
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <threads.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <time.h>
@@ -241,6 +245,18 @@ int clock_gettime(clockid_t id, struct timespec *ts) {
     int rc = real(id, ts);
     if (rc == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) shift(ts, offset_ms());
     return rc;
+}
+
+/* A deadline on the shifted wall clock, as librdkafka computes them for
+   its condition variables (C11 threads), is waited for by the kernel on the
+   real one: shifted back, as a host whose own clock is off would see it. */
+int cnd_timedwait(cnd_t *cond, mtx_t *mutex, const struct timespec *abstime) {
+    static int (*real_wait)(cnd_t *, mtx_t *, const struct timespec *);
+    if (!real_wait) real_wait = dlsym(RTLD_NEXT, "cnd_timedwait");
+    if (!real) real = dlsym(RTLD_NEXT, "clock_gettime");
+    struct timespec at = *abstime;
+    shift(&at, -offset_ms());
+    return real_wait(cond, mutex, &at);
 }
 
 int gettimeofday(struct timeval *tv, void *tz) {
@@ -343,7 +359,8 @@ impl Instance {
         // Another build (KAFKA_DELAY_TEST_BIN) may predate some keys.
         let other = binary != BIN;
         let env = self.settings.env_overrides().into_iter().filter(|(k, _)| {
-            !(other && (k.ends_with("MAX_CLOCK_SKEW") || k.ends_with("TOPICS__CLOCK")))
+            let new_keys = ["MAX_CLOCK_SKEW", "TOPICS__CLOCK", "WHEEL__CLOCK"];
+            !(other && new_keys.iter().any(|new| k.ends_with(new)))
         });
         let mut cmd = match self.wrapper.split_first() {
             Some((program, args)) => {

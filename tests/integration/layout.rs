@@ -130,6 +130,121 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
     );
 }
 
+/// The top tier's slots raised from 3 to 5: its topic gets 5 partitions.
+fn changed_top_slots(settings: &kafka_delay::config::Settings) -> kafka_delay::config::Settings {
+    let mut changed = settings.clone();
+    changed.wheel.top_slots = 5;
+    changed
+}
+
+/// Two partitions per slot: every tier topic gets twice as many.
+fn changed_partitions_per_slot(
+    settings: &kafka_delay::config::Settings,
+) -> kafka_delay::config::Settings {
+    let mut changed = settings.clone();
+    changed.wheel.partitions_per_slot = 2;
+    changed
+}
+
+/// Stop, change a partition count, `topics apply`, start: the re-partitioned
+/// tiers get topics of their own (`<tier>.p<partitions>`), and the old ones
+/// — `renamed` of them — are drained into them.
+fn repartition_with_records_pending(
+    test: &str,
+    change: fn(&kafka_delay::config::Settings) -> kafka_delay::config::Settings,
+    renamed: usize,
+) {
+    let _heavy = heavy();
+    let (settings, targets) = setup(test, &["target"]);
+    let target = &targets[0];
+    let reader = Reader::start(&settings, &[target]);
+    let mut a = Instance::start("A", &settings);
+    a.wait_ready(Duration::from_secs(30));
+    let n = 300;
+    let producer = producer(&settings);
+    publish_numbered(&producer, &settings, target, n, |i| {
+        15_000 + (i * 83) % 25_000
+    });
+    producer.flush(Duration::from_secs(30)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            a.metric("kafka_delay_records_ingested_total{outcome=\"tier\"}")
+                .is_some_and(|v| v >= n as f64)
+        }),
+        "the records did not reach the tiers"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    a.terminate();
+    let changed = change(&settings);
+    apply_topics(&changed, &[]);
+    let plan = layout::plan(&changed, &topics::Spec::load(None).unwrap()).unwrap();
+    let retire = plan
+        .iter()
+        .filter(|l| matches!(l, layout::PlanLine::Retire(_)))
+        .count();
+    assert_eq!(retire, renamed, "{plan:?}");
+    let mut b = Instance::start("B", &changed);
+    b.wait_ready(Duration::from_secs(30));
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(1));
+    let account = Account::of(&changed, target, &arrivals, n);
+    account.assert_ok(&format!("{test}: records pending"), RESTART_BOUND_MS);
+    b.terminate();
+    let pruned = prune(&changed);
+    assert_eq!(
+        pruned
+            .iter()
+            .filter(|p| matches!(p, layout::Pruned::Deleted(_)))
+            .count(),
+        renamed,
+        "{pruned:?}"
+    );
+}
+
+#[test]
+fn records_pending_are_delivered_after_top_slots_change() {
+    repartition_with_records_pending("topslots", changed_top_slots, 1);
+}
+
+#[test]
+fn records_pending_are_delivered_after_partitions_per_slot_change() {
+    repartition_with_records_pending("perslot", changed_partitions_per_slot, 3);
+}
+
+#[test]
+fn top_slots_changed_while_old_and_new_run_side_by_side() {
+    let _heavy = heavy();
+    // A rolling change of a partition count: an instance with 3 top slots
+    // keeps routing into the old top tier while one with 5 starts.
+    let (settings, targets) = setup("rollslots", &["target"]);
+    let target = &targets[0];
+    let reader = Reader::start(&settings, &[target]);
+    let mut old = Instance::start("A", &settings);
+    old.wait_ready(Duration::from_secs(30));
+    let producer = producer(&settings);
+    let n = 600;
+    let delay = |i: usize| 8_000 + (i * 97) % 25_000;
+    for i in 0..n / 2 {
+        publish_one(&producer, &settings, target, i, delay(i));
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let changed = changed_top_slots(&settings);
+    apply_topics(&changed, &[]);
+    let new = Instance::start("B", &changed);
+    new.wait_ready(Duration::from_secs(30));
+    for i in n / 2..n {
+        publish_one(&producer, &settings, target, i, delay(i));
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    old.terminate();
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(1));
+    let account = Account::of(&changed, target, &arrivals, n);
+    account.assert_ok("top slots changed side by side", REBALANCE_BOUND_MS);
+}
+
 fn prune(settings: &kafka_delay::config::Settings) -> Vec<layout::Pruned> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

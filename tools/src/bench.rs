@@ -187,6 +187,8 @@ impl Stat {
 pub(crate) struct Bench<'a> {
     pub args: &'a BenchArgs,
     pub bootstrap: String,
+    /// Whose clock the service reads on this broker.
+    pub clock: kafka_delay::config::ClockSource,
     pub run: usize,
     /// The local broker's process, for its CPU time.
     pub broker_pid: Option<u32>,
@@ -208,6 +210,7 @@ impl Bench<'_> {
         let mut settings = local_settings(&self.bootstrap, &prefix, &ticks);
         settings.wheel.partitions_per_slot = self.args.partitions_per_slot;
         settings.delivery.mode = self.mode.delivery();
+        settings.wheel.clock = self.clock;
         let mut spec = Spec::load(None)?;
         spec.ingress.partitions = self.args.partitions;
         let names: Vec<String> = targets.iter().map(|t| format!("{prefix}{t}")).collect();
@@ -235,6 +238,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<RunResult>> {
     let mut bench = Bench {
         args,
         bootstrap: broker.bootstrap.clone(),
+        clock: broker.clock,
         run: 0,
         broker_pid: broker.pid(),
         mode: Mode::AtLeastOnce,

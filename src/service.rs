@@ -142,6 +142,33 @@ fn verify_topics(
     }
 }
 
+/// Upgrades from 0.1, which read every topic in the single group
+/// `kafka.group_id`: each topic's own group starts where that one committed
+/// ([`crate::kafka::groups`]), so nothing is redelivered.
+fn seed_from_single_group(settings: &Settings) -> Result<(), ServiceError> {
+    let table = settings.tier_table().map_err(EngineError::from)?;
+    let loops = std::iter::once(("ingress".to_owned(), settings.topics.ingress.clone())).chain(
+        settings
+            .tier_group_labels(&table)
+            .into_iter()
+            .zip(settings.tier_topics(&table)),
+    );
+    let legacy = &settings.kafka.group_id;
+    for (label, topic) in loops {
+        let group = settings.group_of(&label);
+        let seeded =
+            crate::kafka::groups::seed_offsets(settings, &topic, legacy, &group).map_err(|e| {
+                ServiceError::Librdkafka(format!(
+                    "reading the offsets of group {legacy} on {topic}: {e}"
+                ))
+            })?;
+        if seeded > 0 {
+            tracing::info!(topic, %group, from = %legacy, partitions = seeded, "took over the offsets 0.1's single consumer group committed");
+        }
+    }
+    Ok(())
+}
+
 /// [`run`] with the caller's metrics and health (tests and the benchmark
 /// read them). `health` must have one entry per loop ([`loop_names`]).
 pub fn run_with(
@@ -211,6 +238,7 @@ pub fn run_with(
     metrics.cancellations.set_outstanding(cancellations.len());
     // Tier topics of an earlier layout are drained into this one: nothing
     // routes to them any more, but they may hold records.
+    seed_from_single_group(settings)?;
     let retired = layout::retired_tiers(settings)?;
     for r in &retired {
         let group = settings.group_of(&r.label);

@@ -2,11 +2,12 @@
 //! then the user's `[kafka.*properties]`, then the few settings correctness
 //! depends on), the FFI module ([`native`]), topic specs and `topics apply`
 //! ([`topics`]), the clock probe that reads the broker's clock
-//! ([`clock_probe`]), tier topics across wheel layouts — retired tiers, `topics
+//! ([`clock_probe`]), offsets across group layouts ([`groups`]), tier topics across wheel layouts — retired tiers, `topics
 //! plan` and `topics prune` ([`layout`]) — and target look-ups off the
 //! loop's thread ([`targets`]).
 
 pub mod clock_probe;
+pub mod groups;
 pub mod layout;
 #[allow(unsafe_code)]
 pub mod native;

@@ -245,6 +245,57 @@ fn top_slots_changed_while_old_and_new_run_side_by_side() {
     account.assert_ok("top slots changed side by side", REBALANCE_BOUND_MS);
 }
 
+#[test]
+fn an_upgrade_from_the_single_group_layout_redelivers_nothing() {
+    let _heavy = heavy();
+    // 0.1 read every topic in one group, `kafka.group_id`. Its state is
+    // made by an instance under another group id whose offsets are copied
+    // into that single group, as 0.1 committed them; then this release
+    // starts under `kafka.group_id` (its per-topic groups are new).
+    let (settings, targets) = setup("onegroup", &["target"]);
+    let target = &targets[0];
+    let mut before = settings.clone();
+    before.kafka.group_id = format!("{}-before", settings.kafka.group_id);
+    let reader = Reader::start(&settings, &[target]);
+    let mut a = Instance::start("A", &before);
+    a.wait_ready(Duration::from_secs(30));
+    let producer = producer(&settings);
+    let n = 300;
+    // Half delivered before the upgrade, half pending in the tiers.
+    publish_numbered(&producer, &settings, target, n, |i| match i % 2 {
+        0 => 500 + i * 10,
+        _ => 15_000 + (i * 83) % 20_000,
+    });
+    producer.flush(Duration::from_secs(30)).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    a.terminate();
+    let table = settings.tier_table().unwrap();
+    let loops = std::iter::once(("ingress".to_owned(), settings.topics.ingress.clone())).chain(
+        settings
+            .tier_group_labels(&table)
+            .into_iter()
+            .zip(settings.tier_topics(&table)),
+    );
+    for (label, topic) in loops {
+        kafka_delay::kafka::groups::seed_offsets(
+            &settings,
+            &topic,
+            &before.group_of(&label),
+            &settings.kafka.group_id,
+        )
+        .unwrap();
+    }
+    let b = Instance::start("B", &settings);
+    b.wait_ready(Duration::from_secs(30));
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(3));
+    let account = Account::of(&settings, target, &arrivals, n);
+    account.assert_ok("upgrade from the single group", RESTART_BOUND_MS);
+    assert_eq!(
+        account.duplicates, 0,
+        "records delivered again after the upgrade"
+    );
+}
+
 fn prune(settings: &kafka_delay::config::Settings) -> Vec<layout::Pruned> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -50,6 +50,8 @@ pub struct TierCount {
     pub topic: String,
     /// Records between the service's committed offsets and the end.
     pub records: u64,
+    /// The latest due time among them, epoch ms (None: no record).
+    pub latest_due_ms: Option<i64>,
 }
 
 /// A record found by id: where it is, when it is due, and what it holds
@@ -181,6 +183,7 @@ pub fn scan(
             tier: label.clone(),
             topic: topic.clone(),
             records: 0,
+            latest_due_ms: None,
         });
     }
     let total: u64 = ranges.values().map(|(s, e)| (e - s) as u64).sum();
@@ -278,6 +281,8 @@ fn count(
     };
     scan.total += 1;
     scan.tiers[tier].records += 1;
+    let latest = &mut scan.tiers[tier].latest_due_ms;
+    *latest = Some(latest.map_or(due, |d| d.max(due)));
     *scan.by_target.entry(target.to_owned()).or_default() += 1;
     scan.oldest_due_ms = Some(scan.oldest_due_ms.map_or(due, |d| d.min(due)));
     scan.latest_due_ms = Some(scan.latest_due_ms.map_or(due, |d| d.max(due)));

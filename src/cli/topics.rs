@@ -55,8 +55,23 @@ pub(super) fn plan(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
     let result = Spec::load(spec_path.as_deref()).and_then(|spec| layout::plan(settings, &spec));
     match result {
         Ok(lines) => {
+            // The latest due time in each retired tier: at most how long
+            // its drain can take (records move to the current tiers as
+            // soon as they are read, so usually much less).
+            let latest = latest_due_in_retired(settings, &lines);
             for line in &lines {
-                println!("{line}");
+                match (line, &latest) {
+                    (PlanLine::Retire(r), Some(scan)) if r.records > 0 => {
+                        let due = scan
+                            .tiers
+                            .iter()
+                            .find(|t| t.topic == r.topic)
+                            .and_then(|t| t.latest_due_ms)
+                            .map_or_else(|| "unknown".to_owned(), crate::model::clock::rfc3339_ms);
+                        println!("{line}; latest due {due}");
+                    }
+                    _ => println!("{line}"),
+                }
             }
             if lines.iter().any(|l| matches!(l, PlanLine::Drift { .. })) {
                 ExitCode::FAILURE
@@ -66,6 +81,20 @@ pub(super) fn plan(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
         }
         Err(error) => exit::fail(error),
     }
+}
+
+/// A `pending` scan when some retired tier holds records (None otherwise,
+/// or when the scan fails: the plan is printed without due times).
+fn latest_due_in_retired(settings: &Settings, lines: &[PlanLine]) -> Option<super::pending::Scan> {
+    let holding = lines
+        .iter()
+        .any(|l| matches!(l, PlanLine::Retire(r) if r.records > 0));
+    if !holding {
+        return None;
+    }
+    super::pending::scan(settings, None, |_, _| {})
+        .inspect_err(|error| eprintln!("latest due times not read: {error}"))
+        .ok()
 }
 
 /// `topics prune`: deletes drained tier topics of earlier layouts; exits 1

@@ -72,6 +72,15 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
         "pending shows {in_retired} records in retired tiers: {:?}",
         scan.tiers
     );
+    // The latest due time of each retired tier that holds records (what
+    // `topics plan` prints beside it): at most the latest published.
+    let latest_published = kafka_delay::model::clock::wall_ms() + 40_000;
+    for t in scan.tiers.iter().filter(|t| t.tier.ends_with("(retired)")) {
+        if t.records > 0 {
+            let due = t.latest_due_ms.expect("a latest due time");
+            assert!(due <= latest_published, "{t:?}");
+        }
+    }
     // `topics plan` names the old tiers; `topics prune` keeps those that
     // hold records (all 300 of them) and deletes the empty ones.
     let plan = layout::plan(&changed, &topics::Spec::load(None).unwrap()).unwrap();

@@ -116,6 +116,12 @@ pub struct TopicSettings {
     pub clock: String,
     /// Tier topics are `tier_prefix` + tick label (`delay.1s`, `delay.50ms`).
     pub tier_prefix: String,
+    /// Tier prefixes used before (`["delay."]` after a change to
+    /// `delay.v2.`): their tier topics are drained into the current wheel
+    /// (README, "Changing the wheel"). In an environment override:
+    /// comma-separated.
+    #[serde(deserialize_with = "load::strings_or_list")]
+    pub previous_tier_prefixes: Vec<String>,
     /// Target for records without `x-target-topic`.
     pub default_target: Option<String>,
     /// Regex a target must match in full (e.g. `"orders|billing\\..*"`).
@@ -138,6 +144,7 @@ impl Default for TopicSettings {
             cancel: "delay.cancel".into(),
             clock: "delay.clock".into(),
             tier_prefix: "delay.".into(),
+            previous_tier_prefixes: Vec::new(),
             default_target: None,
             allowed_targets: None,
             spec_file: None,
@@ -386,6 +393,16 @@ impl Settings {
                 ));
             }
         }
+        for previous in &self.topics.previous_tier_prefixes {
+            check_topic_name("topics.previous_tier_prefixes", &format!("{previous}1s"))?;
+            if *previous == self.topics.tier_prefix {
+                return Err(invalid(
+                    "topics.previous_tier_prefixes",
+                    format!("lists the current tier_prefix {previous:?}"),
+                    "list only prefixes used before",
+                ));
+            }
+        }
         if self.wheel.partitions_per_slot == 0 {
             return Err(invalid(
                 "wheel.partitions_per_slot",
@@ -516,6 +533,20 @@ impl Settings {
     pub fn retired_tier_label(&self, topic: &str, current: &[String]) -> Option<String> {
         let suffix = topic.strip_prefix(&self.topics.tier_prefix)?;
         (is_tier_suffix(suffix) && !current.iter().any(|c| c == topic)).then(|| suffix.to_owned())
+    }
+
+    /// The suffix of `topic` when it is a tier topic under one of
+    /// `topics.previous_tier_prefixes` (not a current tier).
+    pub fn previous_prefix_tier(&self, topic: &str, current: &[String]) -> Option<String> {
+        if current.iter().any(|c| c == topic) {
+            return None;
+        }
+        self.topics
+            .previous_tier_prefixes
+            .iter()
+            .filter_map(|p| topic.strip_prefix(p.as_str()))
+            .find(|suffix| is_tier_suffix(suffix))
+            .map(str::to_owned)
     }
 
     /// The consumer-group suffix of each current tier: its topic's name

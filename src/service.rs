@@ -241,7 +241,17 @@ pub fn run_with(
     seed_from_single_group(settings)?;
     let retired = layout::retired_tiers(settings)?;
     for r in &retired {
-        let group = settings.group_of(&r.label);
+        let group = &r.group;
+        if let Some(from) = &r.seed_from {
+            // A tier of a previous tier_prefix: drained in a group of its
+            // own, from where its tier's group stopped.
+            crate::kafka::groups::seed_offsets(settings, &r.topic, from, group).map_err(|e| {
+                ServiceError::Librdkafka(format!(
+                    "reading the offsets of group {from} on {}: {e}",
+                    r.topic
+                ))
+            })?;
+        }
         if r.records > 0 {
             tracing::warn!(topic = r.topic, records = r.records, %group, "tier topic of an earlier wheel layout holds records: draining them into the current tiers");
         } else {

@@ -130,8 +130,8 @@ pub fn scan(
     let groups: Vec<String> = settings
         .tier_group_labels(&table)
         .iter()
-        .chain(retired.iter().map(|r| &r.label))
         .map(|label| settings.group_of(label))
+        .chain(retired.iter().map(|r| r.group.clone()))
         .collect();
     for r in retired {
         labels.push(format!("{} (retired)", r.label));

@@ -83,6 +83,10 @@ impl Settings {
             ("TOPICS__CANCEL", self.topics.cancel.clone()),
             ("TOPICS__CLOCK", self.topics.clock.clone()),
             ("TOPICS__TIER_PREFIX", self.topics.tier_prefix.clone()),
+            (
+                "TOPICS__PREVIOUS_TIER_PREFIXES",
+                self.topics.previous_tier_prefixes.join(","),
+            ),
             ("WHEEL__TICKS", ticks.join(",")),
             ("WHEEL__TOP_SLOTS", self.wheel.top_slots.to_string()),
             (
@@ -178,6 +182,29 @@ where
             })
             .collect(),
     }
+}
+
+/// A list of strings, or one comma-separated string (an environment
+/// override: `a.,b.`).
+pub(super) fn strings_or_list<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Strings {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Strings::deserialize(deserializer)? {
+        Strings::List(list) => list,
+        Strings::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// The position and message of a TOML syntax error, without the text of

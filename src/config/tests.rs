@@ -358,6 +358,21 @@ fn tick_labels_parse_back_and_retired_tiers_are_recognised() {
         settings.retired_tier_label(&format!("{prefix}50ms.p46"), &current),
         Some("50ms.p46".to_owned())
     );
+    // Under a previous tier_prefix: found only when listed.
+    let mut moved = settings.clone();
+    moved.topics.tier_prefix = format!("{prefix}v2.");
+    let now = moved.tier_topics(&table);
+    assert_eq!(moved.previous_prefix_tier(&current[0], &now), None);
+    moved.topics.previous_tier_prefixes = vec![prefix.clone()];
+    assert_eq!(
+        moved.previous_prefix_tier(&current[0], &now).as_deref(),
+        current[0].strip_prefix(prefix.as_str())
+    );
+    assert_eq!(moved.previous_prefix_tier(&now[0], &now), None);
+    assert_eq!(
+        moved.previous_prefix_tier(&moved.topics.ingress, &now),
+        None
+    );
     for not_tier in ["50ms.p", "50ms.px", "50ms.q46", "clock"] {
         assert_eq!(
             settings.retired_tier_label(&format!("{prefix}{not_tier}"), &current),

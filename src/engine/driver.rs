@@ -141,7 +141,8 @@ impl ConsumerLoop {
         };
         let group = match role {
             Role::Tier(t) => settings.group_of(&settings.tier_group_labels(&table)[t]),
-            _ => settings.group_of(&label),
+            Role::Retired(r) => shared.retired[r].group.clone(),
+            Role::Ingress => settings.group_of(&label),
         };
         let tier_lead_ms = match role {
             Role::Ingress | Role::Retired(_) => None,

@@ -71,9 +71,18 @@ pub fn resolve(settings: &Settings) -> Result<Settings, TopicsError> {
 pub struct RetiredTier {
     /// The topic.
     pub topic: String,
-    /// Its name after `tier_prefix` (`50ms`, `1s.p70`, …): the consumer
-    /// group's suffix.
+    /// Its name after its tier prefix (`50ms`, `1s.p70`, …) under the
+    /// current `tier_prefix`; its whole name under a previous one. Names
+    /// its loop and metrics.
     pub label: String,
+    /// The consumer group it is drained in: its tier's own group
+    /// (`<group_id>.<suffix>`) under the current prefix; under a previous
+    /// prefix `<group_id>.retired.<topic>`, seeded from its tier's group
+    /// (which a current tier of the same tick now uses).
+    pub group: String,
+    /// The group whose committed offsets [`Self::group`] starts from
+    /// (previous prefixes only).
+    pub seed_from: Option<String>,
     /// Records past the committed offsets when it was found.
     pub records: i64,
 }
@@ -98,22 +107,41 @@ pub fn retired_tiers(settings: &Settings) -> Result<Vec<RetiredTier>, TopicsErro
         .fetch_metadata(None, Duration::from_secs(10))?;
     let mut retired = Vec::new();
     for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
-        let Some(label) = settings.retired_tier_label(t.name(), &current) else {
-            continue;
-        };
-        let group = settings.group_of(&label);
-        let consumer: BaseConsumer = kafka::consumer_config(settings, &group, false).create()?;
+        let (label, group, seed_from) =
+            if let Some(suffix) = settings.retired_tier_label(t.name(), &current) {
+                (suffix.clone(), settings.group_of(&suffix), None)
+            } else if let Some(suffix) = settings.previous_prefix_tier(t.name(), &current) {
+                let own = settings.group_of(&format!("retired.{}", t.name()));
+                (t.name().to_owned(), own, Some(settings.group_of(&suffix)))
+            } else {
+                continue;
+            };
         let mut tpl = TopicPartitionList::new();
         for p in t.partitions() {
             tpl.add_partition(t.name(), p.id());
         }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        let committed = |group: &str| -> Result<(BaseConsumer, TopicPartitionList), TopicsError> {
+            let consumer: BaseConsumer = kafka::consumer_config(settings, group, false).create()?;
+            let offsets = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))?;
+            Ok((consumer, offsets))
+        };
+        let (consumer, own) = committed(&group)?;
+        let seed = match &seed_from {
+            Some(from) => Some(committed(from)?.1),
+            None => None,
+        };
         let mut records = 0;
-        for e in committed.elements() {
+        for e in own.elements() {
             let (low, high) =
                 consumer.fetch_watermarks(t.name(), e.partition(), Duration::from_secs(10))?;
-            let from = match e.offset() {
-                Offset::Offset(o) => o.max(low),
+            // Its own offset, else (not drained yet) the one it will be
+            // seeded from, else the start.
+            let seeded = seed
+                .as_ref()
+                .and_then(|s| s.find_partition(t.name(), e.partition()))
+                .map(|s| s.offset());
+            let from = match (e.offset(), seeded) {
+                (Offset::Offset(o), _) | (_, Some(Offset::Offset(o))) => o.max(low),
                 _ => low,
             };
             records += (high - from).max(0);
@@ -121,6 +149,8 @@ pub fn retired_tiers(settings: &Settings) -> Result<Vec<RetiredTier>, TopicsErro
         retired.push(RetiredTier {
             topic: t.name().to_owned(),
             label,
+            group,
+            seed_from,
             records,
         });
     }
@@ -180,7 +210,7 @@ impl std::fmt::Display for PlanLine {
             PlanLine::Retire(r) => write!(
                 f,
                 "{:<28} retire: a tier of an earlier layout holding {} records past its committed offsets (group {})",
-                r.topic, r.records, r.label
+                r.topic, r.records, r.group
             ),
         }
     }

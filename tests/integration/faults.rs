@@ -359,7 +359,12 @@ impl Instance {
         // Another build (KAFKA_DELAY_TEST_BIN) may predate some keys.
         let other = binary != BIN;
         let env = self.settings.env_overrides().into_iter().filter(|(k, _)| {
-            let new_keys = ["MAX_CLOCK_SKEW", "TOPICS__CLOCK", "WHEEL__CLOCK"];
+            let new_keys = [
+                "MAX_CLOCK_SKEW",
+                "TOPICS__CLOCK",
+                "WHEEL__CLOCK",
+                "PREVIOUS_TIER_PREFIXES",
+            ];
             !(other && new_keys.iter().any(|new| k.ends_with(new)))
         });
         let mut cmd = match self.wrapper.split_first() {

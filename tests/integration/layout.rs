@@ -255,6 +255,55 @@ fn top_slots_changed_while_old_and_new_run_side_by_side() {
 }
 
 #[test]
+fn records_pending_are_delivered_after_a_tier_prefix_change() {
+    let _heavy = heavy();
+    // Stop, tier_prefix `<p>` -> `<p>v2.` with the old one listed in
+    // topics.previous_tier_prefixes, `topics apply`, start.
+    let (settings, targets) = setup("prefix", &["target"]);
+    let target = &targets[0];
+    let reader = Reader::start(&settings, &[target]);
+    let mut a = Instance::start("A", &settings);
+    a.wait_ready(Duration::from_secs(30));
+    let n = 300;
+    let producer = producer(&settings);
+    publish_numbered(&producer, &settings, target, n, |i| {
+        15_000 + (i * 83) % 25_000
+    });
+    producer.flush(Duration::from_secs(30)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            a.metric("kafka_delay_records_ingested_total{outcome=\"tier\"}")
+                .is_some_and(|v| v >= n as f64)
+        }),
+        "the records did not reach the tiers"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    a.terminate();
+    let mut changed = settings.clone();
+    changed.topics.tier_prefix = format!("{}v2.", settings.topics.tier_prefix);
+    changed.topics.previous_tier_prefixes = vec![settings.topics.tier_prefix.clone()];
+    apply_topics(&changed, &[]);
+    let retired = layout::retired_tiers(&changed).unwrap();
+    assert_eq!(retired.len(), 3, "{retired:?}");
+    let held: i64 = retired.iter().map(|r| r.records).sum();
+    assert!(held >= n as i64, "the old tiers hold {held}: {retired:?}");
+    let mut b = Instance::start("B", &changed);
+    b.wait_ready(Duration::from_secs(30));
+    let arrivals = reader.wait(n, Duration::from_secs(60), Duration::from_secs(1));
+    let account = Account::of(&changed, target, &arrivals, n);
+    account.assert_ok("tier_prefix changed with records pending", RESTART_BOUND_MS);
+    b.terminate();
+    let pruned = prune(&changed);
+    assert!(
+        pruned.len() == 3
+            && pruned
+                .iter()
+                .all(|p| matches!(p, layout::Pruned::Deleted(_))),
+        "{pruned:?}"
+    );
+}
+
+#[test]
 fn an_upgrade_from_the_single_group_layout_redelivers_nothing() {
     let _heavy = heavy();
     // 0.1 read every topic in one group, `kafka.group_id`. Its state is

@@ -248,8 +248,8 @@ impl std::fmt::Display for Report {
             Status::Created => format!("created ({} partitions)", p.partitions),
             Status::Ok => format!("ok ({} partitions)", p.partitions),
             Status::WrongPartitions { actual } => format!(
-                "ERROR: has {actual} partitions, the tier table needs {}; recreate the topic \
-                 (partition counts are never changed in place: that would re-slot pending records)",
+                "ERROR: has {actual} partitions, the topic spec says {}; partition counts are \
+                 never changed in place: set the spec to the topic's count, or move the topic",
                 p.partitions
             ),
             Status::RetentionTooShort { actual_ms } => format!(

@@ -5,9 +5,11 @@
 //! * `topics apply|acls` ([`topics`]);
 //! * `produce` ([`produce`]), `cancel` ([`cancel`]), `pending`
 //!   ([`pending`]), `reschedule` ([`reschedule`]) — client commands that
-//!   publish to or read the service's topics.
+//!   publish to or read the service's topics;
+//! * `dlq list|replay` ([`dlq`]) — the dead-letter topic.
 
 pub mod cancel;
+pub mod dlq;
 pub mod exit;
 pub mod pending;
 pub mod produce;
@@ -149,6 +151,11 @@ enum Command {
         #[arg(long)]
         deliver_at: Option<String>,
     },
+    /// The dead-letter topic: count its records, publish them again.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Inspect what the tiers hold: pending records per tier and target,
     /// oldest and latest due time, a histogram of due times; `--id` finds
     /// one record. Reads the tier topics from the service's committed
@@ -160,6 +167,89 @@ enum Command {
         /// Find the record with this `x-delay-id`.
         #[arg(long)]
         id: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The filters of `dlq list` and `dlq replay` (every one given must match).
+#[derive(clap::Args)]
+struct DlqFilter {
+    /// Only this `x-delay-reason` (unknown_target, too_large, …; see
+    /// `dlq list`).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only records for this `x-target-topic`.
+    #[arg(long)]
+    target: Option<String>,
+    /// Only records with this `x-delay-id`.
+    #[arg(long)]
+    id: Option<String>,
+    /// Only records timestamped at or after: a duration ago ("2h"), epoch
+    /// ms or RFC 3339.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records timestamped before: a duration ago, epoch ms or RFC 3339.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl DlqFilter {
+    /// The filter, times resolved against now; a bad time is a usage error.
+    fn resolve(self) -> Result<dlq::Filter, ExitCode> {
+        let now = crate::model::clock::wall_ms();
+        let time = |raw: Option<String>, flag: &str| {
+            raw.map(|r| dlq::parse_time(&r, now))
+                .transpose()
+                .map_err(|e| exit::usage(format!("{flag}: {e}")))
+        };
+        Ok(dlq::Filter {
+            since_ms: time(self.since, "--since")?,
+            until_ms: time(self.until, "--until")?,
+            reason: self.reason,
+            target: self.target,
+            id: self.id,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Count the dead letters by reason, target and hour.
+    #[command(after_help = "Examples:\n  kafka-delay dlq list -b localhost:9092\n  \
+kafka-delay dlq list --since 24h --json")]
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish matching dead letters to the ingress topic again (key, value,
+    /// timestamp and headers as first published; a due time already past
+    /// is delivered at once). The position passed is recorded: the same
+    /// replay run twice publishes once.
+    #[command(
+        after_help = "Examples:\n  kafka-delay dlq replay --reason unknown_target --target orders --dry-run\n  \
+kafka-delay dlq replay --reason unknown_target --target orders\n  \
+kafka-delay dlq replay --since 2h --position after-outage"
+    )]
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Name of the recorded position (consumer group
+        /// `<group_id>.dlq.<position>`); a replay with other filters that
+        /// must see records an earlier replay passed takes another name.
+        #[arg(long, default_value = "replay")]
+        position: String,
+        /// Count what would be published; publish and record nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -238,6 +328,32 @@ pub fn main() -> ExitCode {
         } => match load_logged(&config) {
             Ok(settings) => topics::prune(&settings),
             Err(code) => code,
+        },
+        Command::Dlq {
+            action:
+                DlqAction::List {
+                    config,
+                    filter,
+                    json,
+                },
+        } => match (load_logged(&config), filter.resolve()) {
+            (Ok(settings), Ok(filter)) => dlq::list_command(&settings, &filter, json),
+            (Err(code), _) | (_, Err(code)) => code,
+        },
+        Command::Dlq {
+            action:
+                DlqAction::Replay {
+                    config,
+                    filter,
+                    position,
+                    dry_run,
+                    json,
+                },
+        } => match (load_logged(&config), filter.resolve()) {
+            (Ok(settings), Ok(filter)) => {
+                dlq::replay_command(&settings, &filter, &position, dry_run, json)
+            }
+            (Err(code), _) | (_, Err(code)) => code,
         },
         Command::Pending { config, id, json } => match load_logged(&config) {
             Ok(settings) => pending::command(&settings, id.as_deref(), json),

@@ -377,10 +377,13 @@ impl Forwarder {
 
     /// Sends `msg` to the dead-letter topic byte-for-byte (key, value,
     /// timestamp, headers — but a producer's own `x-delay-error`) with an
-    /// `x-delay-error` header saying why.
+    /// `x-delay-error` header saying why ([`Forwarder::dead_letter`] adds
+    /// `x-delay-reason`).
     pub fn write_dead_letter<M: Record>(&mut self, msg: &M, error: &EnvelopeError, ticket: Ticket) {
         let mut headers = copy_headers(msg, 1, |key| {
-            key != envelope::ERROR.as_bytes() && key != envelope::TRUNCATED.as_bytes()
+            key != envelope::ERROR.as_bytes()
+                && key != envelope::TRUNCATED.as_bytes()
+                && key != envelope::REASON.as_bytes()
         });
         headers.add(
             envelope::ERROR.as_bytes(),
@@ -391,13 +394,18 @@ impl Forwarder {
         self.dead_letter(parts, error.reason(), ticket, Kind::DeadLetter);
     }
 
+    /// Sends `parts` to the dead-letter topic with `x-delay-reason: reason`
+    /// (every dead letter carries its label, for `kafka-delay dlq`).
     pub(super) fn dead_letter(
         &mut self,
-        parts: Parts<'_>,
+        mut parts: Parts<'_>,
         reason: &str,
         ticket: Ticket,
         kind: Kind,
     ) {
+        parts
+            .headers
+            .add(envelope::REASON.as_bytes(), Some(reason.as_bytes()));
         self.metrics.delivery.dead_letter_attempt(reason);
         let inflight = Inflight {
             ticket,

@@ -24,6 +24,9 @@ pub const DELIVER_AT: &str = "x-deliver-at";
 pub const TARGET_TOPIC: &str = "x-target-topic";
 /// On dead letters: why the record was rejected, in plain words.
 pub const ERROR: &str = "x-delay-error";
+/// On dead letters: the reason as a short label (one of
+/// [`EnvelopeError::REASONS`]), what `kafka-delay dlq` groups and filters by.
+pub const REASON: &str = "x-delay-reason";
 /// On truncated dead letters: what was cut to make the copy fit.
 pub const TRUNCATED: &str = "x-delay-truncated";
 /// On delivered records: the due time, epoch ms.
@@ -50,9 +53,9 @@ pub const ROUTING_HEADERS: [&str; 3] = [DELAY, DELIVER_AT, TARGET_TOPIC];
 
 /// Headers the service owns: never copied from an input record to a tier or
 /// target record (fresh values are written instead). A producer-set
-/// `x-delay-error` or `x-delay-truncated` is dropped too, so a dead letter
+/// `x-delay-error`, `x-delay-reason` or `x-delay-truncated` is dropped too, so a dead letter
 /// carries only the service's own.
-pub const OWNED_HEADERS: [&str; 10] = [
+pub const OWNED_HEADERS: [&str; 11] = [
     DELAY,
     DELIVER_AT,
     TARGET_TOPIC,
@@ -62,6 +65,7 @@ pub const OWNED_HEADERS: [&str; 10] = [
     TARGET,
     BUCKET,
     ERROR,
+    REASON,
     TRUNCATED,
 ];
 

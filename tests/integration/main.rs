@@ -9,6 +9,7 @@
 mod bad_input;
 mod cancel;
 mod clock;
+mod dlq;
 mod exactly_once;
 mod faults;
 mod helpers;

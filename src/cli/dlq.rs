@@ -414,17 +414,7 @@ fn publish(
     if let Some(value) = msg.payload() {
         record = record.payload(value);
     }
-    while let Err((error, back)) = producer.send(record) {
-        if !matches!(
-            error,
-            KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
-        ) {
-            return Err(error);
-        }
-        record = back;
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
+    super::produce::send(producer, record)
 }
 
 /// A progress bar on standard error while `body` reads.

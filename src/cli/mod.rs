@@ -97,6 +97,10 @@ enum Command {
     },
     /// Publish delayed records to the ingress topic: VALUE, or one record per
     /// line of standard input.
+    #[command(after_help = "Examples:\n  \
+kafka-delay produce -b localhost:9092 --target orders --delay 30s 'order 42 timed out'\n  \
+kafka-delay produce --target reminders --deliver-at 2030-01-01T09:00:00Z --id r-7 --header tenant=acme hello\n  \
+printf 'k1:v1\\nk2:v2\\n' | kafka-delay produce --target orders --delay 5m --key-delimiter :")]
     Produce {
         #[command(flatten)]
         config: ConfigArg,
@@ -109,24 +113,37 @@ enum Command {
         /// Absolute due time: epoch ms or RFC 3339.
         #[arg(long)]
         deliver_at: Option<String>,
-        /// Record key.
-        #[arg(long)]
+        /// Record key (of every record).
+        #[arg(long, conflicts_with = "key_delimiter")]
         key: Option<String>,
+        /// Each line of standard input is KEY<delimiter>VALUE (as kcat's -K).
+        #[arg(long, short = 'K')]
+        key_delimiter: Option<String>,
         /// `x-delay-id` of every record published (what `cancel` names).
         #[arg(long)]
         id: Option<String>,
+        /// A header of every record, `name=value`; repeatable.
+        #[arg(long = "header", short = 'H', value_name = "NAME=VALUE", value_parser = parse_property)]
+        headers: Vec<(String, String)>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
         /// Record value; omit to read values from standard input.
         value: Option<String>,
     },
     /// Cancel the delayed records with an `x-delay-id`: records with that id
     /// published before now are not delivered. Exits 3, publishing
     /// nothing, when --due has passed (too late: already delivered).
+    #[command(after_help = "Examples:\n  kafka-delay cancel --id order-42\n  \
+kafka-delay cancel --id order-42 --id order-43 --target orders\n  \
+cut -d, -f1 expired.csv | kafka-delay cancel   # one id per line")]
     Cancel {
         #[command(flatten)]
         config: ConfigArg,
-        /// The `x-delay-id` to cancel.
+        /// The `x-delay-id` to cancel; repeatable. None: one id per line of
+        /// standard input.
         #[arg(long)]
-        id: String,
+        id: Vec<String>,
         /// Cancel only records for this target topic.
         #[arg(long)]
         target: Option<String>,
@@ -134,22 +151,35 @@ enum Command {
         /// is kept in memory until then (default: now + wheel.max_delay).
         #[arg(long)]
         due: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
-    /// Move a pending record to a new due time: finds it in the tiers by
-    /// `x-delay-id`, cancels it and publishes its key, value and headers
-    /// again with the new delay. Exits 3 when no tier holds it.
+    /// Move pending records to a new due time: finds them in the tiers by
+    /// `x-delay-id` (one scan for all), cancels them and publishes their
+    /// key, value and headers again with the new delay. Exits 3 when a tier
+    /// holds none of an id (the others are moved).
+    #[command(
+        after_help = "Examples:\n  kafka-delay reschedule --id order-42 --delay 10m\n  \
+kafka-delay reschedule --id a --id b --deliver-at 2030-01-01T09:00:00Z\n  \
+cat ids.txt | kafka-delay reschedule --delay 1h --json"
+    )]
     Reschedule {
         #[command(flatten)]
         config: ConfigArg,
-        /// The `x-delay-id` of the record.
+        /// The `x-delay-id` of the record; repeatable. None: one id per line
+        /// of standard input.
         #[arg(long)]
-        id: String,
+        id: Vec<String>,
         /// New delay from now ("30s", "2h").
         #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "deliver_at")]
         delay: Option<Duration>,
         /// New due time: epoch ms or RFC 3339.
         #[arg(long)]
         deliver_at: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// The dead-letter topic: count its records, publish them again.
     Dlq {
@@ -364,13 +394,14 @@ pub fn main() -> ExitCode {
             id,
             delay,
             deliver_at,
+            json,
         } => {
             let settings = match load_logged(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
             match when(delay, deliver_at) {
-                Some(when) => reschedule::command(&settings, &id, &when),
+                Some(when) => reschedule::command(&settings, &ids_or_stdin(id), &when, json),
                 None => exit::usage("give --delay or --deliver-at"),
             }
         }
@@ -379,8 +410,15 @@ pub fn main() -> ExitCode {
             id,
             target,
             due,
+            json,
         } => match load_logged(&config) {
-            Ok(settings) => cancel::command(&settings, &id, target.as_deref(), due.as_deref()),
+            Ok(settings) => cancel::command(
+                &settings,
+                &ids_or_stdin(id),
+                target.as_deref(),
+                due.as_deref(),
+                json,
+            ),
             Err(code) => code,
         },
         Command::Produce {
@@ -389,7 +427,10 @@ pub fn main() -> ExitCode {
             delay,
             deliver_at,
             key,
+            key_delimiter,
             id,
+            headers,
+            json,
             value,
         } => {
             let settings = match load_logged(&config) {
@@ -397,16 +438,32 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let when = when(delay, deliver_at).unwrap_or(produce::When::Delay(Duration::ZERO));
-            produce::command(
-                &settings,
-                &target,
-                &when,
-                key.as_deref(),
-                id.as_deref(),
+            let request = produce::Request {
+                target,
+                when,
+                key,
+                key_delimiter,
+                id,
+                headers,
                 value,
-            )
+                json,
+            };
+            produce::command(&settings, request)
         }
     }
+}
+
+/// The ids given, or (none given) the non-empty lines of standard input
+/// (none when it is a terminal: the command then reports a usage error).
+fn ids_or_stdin(ids: Vec<String>) -> Vec<String> {
+    use std::io::IsTerminal;
+    if !ids.is_empty() || std::io::stdin().is_terminal() {
+        return ids;
+    }
+    produce::stdin_lines()
+        .map(|line| line.trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect()
 }
 
 /// The due time `--delay` or `--deliver-at` give (`--deliver-at` wins;

@@ -103,6 +103,9 @@ pub struct Scan {
     /// The record with the `--id` asked for, if any (the copy in the lowest
     /// tier: the newest).
     pub found: Option<Found>,
+    /// Of [`scan_ids`]: the record found per id asked for (as `found`).
+    #[serde(skip)]
+    pub found_by_id: HashMap<String, Found>,
 }
 
 /// Reads every tier — and every tier topic of an earlier layout still
@@ -111,8 +114,22 @@ pub struct Scan {
 pub fn scan(
     settings: &Settings,
     id: Option<&str>,
+    progress: impl FnMut(u64, u64),
+) -> Result<Scan, KafkaError> {
+    let ids: Vec<&str> = id.into_iter().collect();
+    let mut scan = scan_ids(settings, &ids, progress)?;
+    scan.found = id.and_then(|id| scan.found_by_id.remove(id));
+    Ok(scan)
+}
+
+/// [`scan`] finding every record of `ids` in one read (in
+/// [`Scan::found_by_id`]; `found` stays None).
+pub fn scan_ids(
+    settings: &Settings,
+    ids: &[&str],
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Scan, KafkaError> {
+    let ids: std::collections::HashSet<&str> = ids.iter().copied().collect();
     let table = settings
         .tier_table()
         .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
@@ -250,7 +267,7 @@ pub fn scan(
         }
         read += 1;
         let tier = tier_of[msg.topic()];
-        count(&mut scan, &msg, tier, &labels[tier], id, now);
+        count(&mut scan, &msg, tier, &labels[tier], &ids, now);
         if last_progress.elapsed() > Duration::from_millis(100) {
             last_progress = Instant::now();
             progress(read, total);
@@ -265,7 +282,7 @@ fn count(
     msg: &rdkafka::message::BorrowedMessage<'_>,
     tier: usize,
     label: &str,
-    id: Option<&str>,
+    ids: &std::collections::HashSet<&str>,
     now: i64,
 ) {
     let view = msg.header_view();
@@ -298,13 +315,10 @@ fn count(
         })
         .unwrap_or(HISTOGRAM.len() - 1);
     scan.histogram[bucket].1 += 1;
-    let Some(wanted) = id else {
+    let Some(id) = text(envelope::ID).filter(|id| ids.contains(id)) else {
         return;
     };
-    if text(envelope::ID) != Some(wanted) {
-        return;
-    }
-    let newer = scan.found.as_ref().is_none_or(|f| {
+    let newer = scan.found_by_id.get(id).is_none_or(|f| {
         let f_tier = scan
             .tiers
             .iter()
@@ -313,7 +327,7 @@ fn count(
         tier < f_tier || (tier == f_tier && msg.offset() > f.offset)
     });
     if newer {
-        scan.found = Some(Found {
+        let found = Found {
             tier: label.to_owned(),
             partition: msg.partition(),
             offset: msg.offset(),
@@ -327,7 +341,8 @@ fn count(
                 .filter(|(k, _)| !envelope::is_owned_header(k))
                 .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
                 .collect(),
-        });
+        };
+        scan.found_by_id.insert(id.to_owned(), found);
     }
 }
 

@@ -53,18 +53,75 @@ pub enum RescheduleError {
 
 /// Finds the record with `id`, cancels it and publishes it again due at `when`.
 pub fn reschedule(settings: &Settings, id: &str, when: &When) -> Result<Outcome, RescheduleError> {
-    let scan = pending::scan(settings, Some(id), |_, _| {})?;
-    let Some(found) = scan.found else {
-        return Ok(Outcome::NotPending);
-    };
+    let mut all = reschedule_all(settings, &[id.to_owned()], when)?;
+    Ok(all
+        .pop()
+        .map_or(Outcome::NotPending, |(_, outcome)| outcome))
+}
+
+/// [`reschedule`] for every id of `ids` with one scan of the tiers and one
+/// producer for the new copies, then one for the cancellations (so moving
+/// a thousand records costs about what moving one does). Returns each id
+/// with its outcome, in the order given.
+pub fn reschedule_all(
+    settings: &Settings,
+    ids: &[String],
+    when: &When,
+) -> Result<Vec<(String, Outcome)>, RescheduleError> {
+    let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut scan = pending::scan_ids(settings, &wanted, |_, _| {})?;
     let now = crate::model::clock::now_ms();
     let timestamp = now + 1;
     let due_ms = match when {
         When::Delay(d) => timestamp + d.as_millis() as i64,
         When::At(raw) => envelope::parse_deliver_at(raw.as_bytes())?,
     };
+    let found: Vec<(String, Option<Found>)> = ids
+        .iter()
+        .map(|id| (id.clone(), scan.found_by_id.remove(id)))
+        .collect();
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka::producer_config(settings).create()?;
+    for f in found.iter().filter_map(|(_, f)| f.as_ref()) {
+        publish_copy(&producer, settings, f, timestamp, due_ms)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    // Only now the cancellations: should they fail, both copies are
+    // delivered (and the error says so) rather than none.
+    let cancellations: Vec<(&str, Option<&str>, i64)> = found
+        .iter()
+        .filter_map(|(id, f)| {
+            let f = f.as_ref()?;
+            Some((id.as_str(), Some(f.target.as_str()), f.due_ms.max(now)))
+        })
+        .collect();
+    if !cancellations.is_empty() {
+        cancel::publish_all(settings, &cancellations, timestamp)?;
+    }
+    Ok(found
+        .into_iter()
+        .map(|(id, f)| {
+            let outcome = match f {
+                Some(found) => Outcome::Moved {
+                    found: Box::new(found),
+                    due_ms,
+                },
+                None => Outcome::NotPending,
+            };
+            (id, outcome)
+        })
+        .collect())
+}
+
+/// Publishes `found`'s key, value and own headers to the ingress, due at
+/// `due_ms`, timestamped `timestamp`.
+fn publish_copy(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    settings: &Settings,
+    found: &Found,
+    timestamp: i64,
+    due_ms: i64,
+) -> Result<(), KafkaError> {
     let mut headers = OwnedHeaders::new_with_capacity(found.headers.len() + 2);
     for (key, value) in &found.headers {
         // Header keys are bytes; librdkafka takes them as text up to a NUL.
@@ -93,42 +150,81 @@ pub fn reschedule(settings: &Settings, id: &str, when: &When) -> Result<Outcome,
     if let Some(value) = &found.value {
         record = record.payload(value);
     }
-    producer.send(record).map_err(|(error, _)| error)?;
-    producer.flush(Duration::from_secs(30))?;
-    // Only now the cancellation: should it fail, both copies are delivered
-    // (and the error says so) rather than none.
-    cancel::publish(
-        settings,
-        id,
-        Some(&found.target),
-        timestamp,
-        found.due_ms.max(now),
-    )?;
-    Ok(Outcome::Moved {
-        found: Box::new(found),
-        due_ms,
-    })
+    super::produce::send(producer, record)
 }
 
-/// `kafka-delay reschedule`.
-pub(crate) fn command(settings: &Settings, id: &str, when: &When) -> ExitCode {
+/// One id's outcome, as `--json` prints it.
+#[derive(Debug, serde::Serialize)]
+struct Reported<'a> {
+    id: &'a str,
+    /// `moved` or `not_pending`.
+    outcome: &'static str,
+    target: Option<&'a str>,
+    /// The due time before, epoch ms.
+    old_due_ms: Option<i64>,
+    /// The new due time, epoch ms.
+    due_ms: Option<i64>,
+}
+
+/// `kafka-delay reschedule`: every id in one call; exits 3 when any id is
+/// not pending (the others are moved).
+pub(crate) fn command(settings: &Settings, ids: &[String], when: &When, json: bool) -> ExitCode {
+    if ids.is_empty() {
+        return exit::usage("no id: give --id, or ids one per line on standard input");
+    }
     let at = crate::model::clock::rfc3339_ms;
-    match reschedule(settings, id, when) {
-        Ok(Outcome::Moved { found, due_ms }) => {
-            println!(
-                "rescheduled: x-delay-id {id} for {} moved from {} to {}",
-                found.target,
-                at(found.due_ms),
-                at(due_ms)
-            );
-            ExitCode::SUCCESS
+    let outcomes = match reschedule_all(settings, ids, when) {
+        Ok(outcomes) => outcomes,
+        Err(error) => return exit::fail(error),
+    };
+    let mut reported = Vec::new();
+    for (id, outcome) in &outcomes {
+        match outcome {
+            Outcome::Moved { found, due_ms } => {
+                reported.push(Reported {
+                    id,
+                    outcome: "moved",
+                    target: Some(&found.target),
+                    old_due_ms: Some(found.due_ms),
+                    due_ms: Some(*due_ms),
+                });
+                if !json {
+                    println!(
+                        "rescheduled: x-delay-id {id} for {} moved from {} to {}",
+                        found.target,
+                        at(found.due_ms),
+                        at(*due_ms)
+                    );
+                }
+            }
+            Outcome::NotPending => {
+                reported.push(Reported {
+                    id,
+                    outcome: "not_pending",
+                    target: None,
+                    old_due_ms: None,
+                    due_ms: None,
+                });
+                if !json {
+                    println!(
+                        "not pending: no tier holds a record with x-delay-id {id} (delivered already, or still in the ingress topic or an instance's due-soon timer); nothing changed"
+                    );
+                }
+            }
         }
-        Ok(Outcome::NotPending) => {
-            println!(
-                "not pending: no tier holds a record with x-delay-id {id} (delivered already, or still in the ingress topic or an instance's due-soon timer); nothing changed"
-            );
-            ExitCode::from(exit::NOT_FOUND)
-        }
-        Err(error) => exit::fail(error),
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reported).expect("serializable")
+        );
+    }
+    if outcomes
+        .iter()
+        .any(|(_, o)| matches!(o, Outcome::NotPending))
+    {
+        ExitCode::from(exit::NOT_FOUND)
+    } else {
+        ExitCode::SUCCESS
     }
 }

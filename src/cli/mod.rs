@@ -116,7 +116,7 @@ printf 'k1:v1\\nk2:v2\\n' | kafka-delay produce --target orders --delay 5m --key
         /// Record key (of every record).
         #[arg(long, conflicts_with = "key_delimiter")]
         key: Option<String>,
-        /// Each line of standard input is KEY<delimiter>VALUE (as kcat's -K).
+        /// Each line of standard input is `KEY<delimiter>VALUE` (as kcat's -K).
         #[arg(long, short = 'K')]
         key_delimiter: Option<String>,
         /// `x-delay-id` of every record published (what `cancel` names).

@@ -1,6 +1,6 @@
 //! Tier topics' names and consumer groups: the plain names (`tier_prefix`
 //! and a tick label), the names resolved against the cluster, and the
-//! names of tiers of earlier layouts (README, "Changing the wheel").
+//! names of tiers of earlier layouts (docs/configuration.md, "Changing the wheel").
 
 use super::{parse_tick_label, tick_label, Settings};
 use crate::wheel::TierTable;

@@ -2,7 +2,7 @@
 //! record read before its release is held only where routing would put it
 //! now, and a failed tier write is routed again by its due time when its
 //! retry comes. Neither can then sit at a partition's head for a turn
-//! (README, Guarantees).
+//! (docs/guarantees.md).
 
 use super::ConsumerLoop;
 use crate::delivery::forwarder::{Inflight, OwnedRecord};

@@ -38,7 +38,7 @@ pub enum ProbeError {
         /// The last delivery error, as `; last error: …`, or empty.
         last: String,
     },
-    #[error("the clock topic {topic} stamps records with the producer's time (CreateTime): the broker's clock cannot be read from it. Fix: `kafka-configs --alter --entity-type topics --entity-name {topic} --add-config message.timestamp.type=LogAppendTime`, or delete it and run `kafka-delay topics apply`. A broker that ignores the setting (Tansu) cannot give its clock: set wheel.clock = \"host\" to trust this host's clock instead (README, \"Time\")")]
+    #[error("the clock topic {topic} stamps records with the producer's time (CreateTime): the broker's clock cannot be read from it. Fix: `kafka-configs --alter --entity-type topics --entity-name {topic} --add-config message.timestamp.type=LogAppendTime`, or delete it and run `kafka-delay topics apply`. A broker that ignores the setting (Tansu) cannot give its clock: set wheel.clock = \"host\" to trust this host's clock instead (docs/guarantees.md, \"Time\")")]
     CreateTime { topic: String },
 }
 

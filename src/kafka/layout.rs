@@ -2,7 +2,7 @@
 //! still in the cluster (which the service drains, `engine/retired.rs`),
 //! `topics plan` (what `topics apply` would do, changing nothing) and
 //! `topics prune` (deleting drained tier topics of earlier layouts). The
-//! README's "Changing the wheel" says what an operator may change.
+//! docs/configuration.md's "Changing the wheel" says what an operator may change.
 
 use std::time::Duration;
 

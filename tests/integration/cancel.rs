@@ -406,7 +406,7 @@ fn cancellations_under_sustained_load_are_never_missed() {
                 .rev()
                 .find(|&&(_, sent, due)| now - sent >= 20 && due - now >= min_ahead);
             // And one record due in 1.0–1.5 s: the guarantee's margin
-            // (README: a cancellation 1 s before the due time is honoured).
+            // (docs/guarantees.md: a cancellation 1 s before the due time is honoured).
             let close = (0..i)
                 .rev()
                 .take(rate as usize * max_delay as usize / 1_000)

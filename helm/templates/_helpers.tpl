@@ -195,6 +195,7 @@ lead = {{ .Values.wheel.lead | quote }}
 grace = {{ .Values.wheel.grace | quote }}
 max_clock_skew = {{ .Values.wheel.maxClockSkew | quote }}
 clock = {{ .Values.wheel.clock | quote }}
+slot_order = {{ .Values.wheel.slotOrder | quote }}
 [service]
 shutdown_timeout = {{ $s.shutdownTimeout | quote }}
 commit_interval = {{ $s.commitInterval | quote }}

@@ -106,6 +106,14 @@ impl Settings {
                 .to_owned(),
             ),
             (
+                "WHEEL__SLOT_ORDER",
+                match self.wheel.slot_order {
+                    super::SlotOrder::Spread => "spread",
+                    super::SlotOrder::Sequential => "sequential",
+                }
+                .to_owned(),
+            ),
+            (
                 "WHEEL__REPLICATION_FACTOR",
                 self.wheel.replication_factor.to_string(),
             ),

@@ -71,7 +71,12 @@ fn example_file_is_the_defaults() {
     let table = example.tier_table().unwrap();
     assert_eq!(
         example.tier_topics(&table),
-        vec!["delay.1s", "delay.1m", "delay.1h", "delay.1d"]
+        vec![
+            "delay.1s.s64",
+            "delay.1m.s64",
+            "delay.1h.s28",
+            "delay.1d.s32"
+        ]
     );
 }
 
@@ -96,7 +101,7 @@ fn millisecond_ticks_and_passthrough_properties() {
     let table = s.tier_table().unwrap();
     assert_eq!(
         s.tier_topics(&table),
-        vec!["delay.50ms", "delay.500ms", "delay.5s"]
+        vec!["delay.50ms.s23", "delay.500ms.s15", "delay.5s.s32"]
     );
 }
 
@@ -156,7 +161,14 @@ fn environment_overrides_the_file() {
     };
     let s = s.unwrap();
     let table = s.tier_table().unwrap();
-    assert_eq!(s.tier_topics(&table), vec!["delay.100ms", "delay.1s"]);
+    let partitions = s.tier_partitions(&table);
+    assert_eq!(
+        s.tier_topics(&table),
+        vec![
+            format!("delay.100ms.s{}", partitions[0]),
+            format!("delay.1s.s{}", partitions[1])
+        ]
+    );
     let interval = s.kafka.properties.get("statistics.interval.ms");
     assert_eq!(interval.map(String::as_str), Some("5000"));
 }
@@ -353,10 +365,15 @@ fn tick_labels_parse_back_and_retired_tiers_are_recognised() {
         None
     );
     assert_eq!(settings.retired_tier_label("other.1s", &current), None);
-    // A re-partitioned tier's topic (`.p<partitions>`) is a tier too.
+    // A re-partitioned tier's topic (`.p<partitions>`) is a tier too, and
+    // so is the plain name of the sequential order.
     assert_eq!(
         settings.retired_tier_label(&format!("{prefix}50ms.p46"), &current),
         Some("50ms.p46".to_owned())
+    );
+    assert_eq!(
+        settings.retired_tier_label(&format!("{prefix}1s"), &current),
+        Some("1s".to_owned())
     );
     // Under a previous tier_prefix: found only when listed.
     let mut moved = settings.clone();

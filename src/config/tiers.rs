@@ -61,16 +61,33 @@ impl Settings {
 
     /// Tier topic names, lowest tier first: the names resolved against the
     /// cluster when set ([`super::TopicSettings::resolved_tiers`]), else
-    /// `tier_prefix` + tick label.
+    /// [`Self::own_tier_topics`].
     pub fn tier_topics(&self, table: &TierTable) -> Vec<String> {
         match &self.topics.resolved_tiers {
             Some(names) if names.len() == table.tiers().len() => names.clone(),
-            _ => self.plain_tier_topics(table),
+            _ => self.own_tier_topics(table),
         }
     }
 
-    /// `tier_prefix` + tick label for each tier: a tier's name unless its
-    /// partition count changed ([`crate::kafka::layout::resolve`]).
+    /// The names the slot order gives the tiers: `<prefix><tick>.s<N>`
+    /// (`N` partitions) in the spread order, the plain names in the
+    /// sequential order ([`crate::wheel::SlotOrder`]). The name carries the
+    /// layout: a topic's records are read with the order its name says.
+    pub fn own_tier_topics(&self, table: &TierTable) -> Vec<String> {
+        let plain = self.plain_tier_topics(table);
+        match self.wheel.slot_order {
+            super::SlotOrder::Sequential => plain,
+            super::SlotOrder::Spread => plain
+                .into_iter()
+                .zip(self.tier_partitions(table))
+                .map(|(name, n)| format!("{name}.s{n}"))
+                .collect(),
+        }
+    }
+
+    /// `tier_prefix` + tick label for each tier: a tier's name in the
+    /// sequential order unless its partition count changed
+    /// ([`crate::kafka::layout::resolve`]).
     pub fn plain_tier_topics(&self, table: &TierTable) -> Vec<String> {
         table
             .tiers()
@@ -81,9 +98,10 @@ impl Settings {
 }
 
 /// A tier topic's name after `tier_prefix`: a tick label, optionally
-/// followed by `.p<partitions>`.
+/// followed by `.p<partitions>` (sequential order, re-partitioned) or
+/// `.s<partitions>` (spread order).
 fn is_tier_suffix(suffix: &str) -> bool {
-    let (label, partitions) = match suffix.rsplit_once(".p") {
+    let (label, partitions) = match suffix.rsplit_once(".p").or(suffix.rsplit_once(".s")) {
         Some((label, n)) => (label, Some(n)),
         None => (suffix, None),
     };

@@ -195,6 +195,11 @@ impl ConsumerContext for GroupContext {
                     .map(|e| (e.partition(), book.register(e.topic(), e.partition())))
                     .collect();
                 drop(book);
+                tracing::debug!(
+                    topic = self.topic,
+                    partitions = ?list.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+                    "partitions assigned"
+                );
                 self.set_assigned(|a| a.extend(list.iter().map(|(p, _)| *p)));
                 self.loop_health().lost_since_ms.store(0, Ordering::Relaxed);
                 self.push(RebalanceEvent::Assigned(list));

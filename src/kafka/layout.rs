@@ -22,11 +22,18 @@ use crate::kafka;
 /// in place (Kafka cannot shrink a topic, and growing one would re-slot the
 /// records it holds); a new topic per count keeps instances of the old and
 /// the new count apart during a rolling change.
+///
+/// In the spread slot order (the default) a tier's name always carries its
+/// partition count, `delay.1s.s64` ([`Settings::own_tier_topics`]): the
+/// rules above are for the sequential order's plain names.
 pub fn resolve_names(
     settings: &Settings,
     existing: &std::collections::HashMap<String, i32>,
 ) -> Result<Vec<String>, TopicsError> {
     let table = settings.tier_table()?;
+    if settings.wheel.slot_order == crate::config::SlotOrder::Spread {
+        return Ok(settings.own_tier_topics(&table));
+    }
     let plain = settings.plain_tier_topics(&table);
     Ok(plain
         .into_iter()
@@ -297,7 +304,8 @@ mod tests {
 
     #[test]
     fn a_tier_keeps_its_name_until_its_partition_count_changes() {
-        let settings = Settings::default();
+        let mut settings = Settings::default();
+        settings.wheel.slot_order = crate::config::SlotOrder::Sequential;
         // Default wheel: 1s/1m/1h/1d with 64/64/28/32 partitions.
         let existing = |pairs: &[(&str, i32)]| -> HashMap<String, i32> {
             pairs.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect()
@@ -317,5 +325,31 @@ mod tests {
         let moved = existing(&[("delay.1d.p40", 40)]);
         assert_eq!(resolve_names(&wider, &moved).unwrap()[3], "delay.1d.p40");
         assert_eq!(resolve_names(&settings, &moved).unwrap()[3], "delay.1d");
+    }
+
+    #[test]
+    fn spread_tiers_are_named_with_their_partition_count() {
+        let settings = Settings::default();
+        let old = [("delay.1s", 64), ("delay.1d", 32)]
+            .iter()
+            .map(|(n, c)| ((*n).to_owned(), *c))
+            .collect();
+        let names = resolve_names(&settings, &old).unwrap();
+        assert_eq!(
+            names,
+            [
+                "delay.1s.s64",
+                "delay.1m.s64",
+                "delay.1h.s28",
+                "delay.1d.s32"
+            ]
+        );
+        // The sequential order's topics are tiers of an earlier layout.
+        let label = |t: &str| settings.retired_tier_label(t, &names);
+        assert_eq!(label("delay.1s").as_deref(), Some("1s"));
+        assert_eq!(label("delay.1d.p40").as_deref(), Some("1d.p40"));
+        assert_eq!(label("delay.1d.s40").as_deref(), Some("1d.s40"));
+        assert_eq!(label("delay.1s.s64"), None);
+        assert_eq!(label("delay.1s.x64"), None);
     }
 }

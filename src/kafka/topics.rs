@@ -564,7 +564,7 @@ mod tests {
             assert!(p.retention_ms > p.min_retention_ms, "{p:?}");
             assert!(p.broker_stamped, "{p:?}");
         }
-        assert_eq!(plans[4].name, "delay.1s");
+        assert_eq!(plans[4].name, "delay.1s.s64");
     }
 
     #[test]

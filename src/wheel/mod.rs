@@ -8,7 +8,10 @@
 //! partitions as the wheel's buckets (see docs/architecture.md, "The wheel"):
 //!
 //! * tier `L` has a tick `tick_L`; bucket `b = floor(due / tick_L)` lives in
-//!   slot `b mod slots_L`; a slot is `K` strided partitions;
+//!   slot `b mod slots_L`; a slot is `K` strided partitions, and with the
+//!   spread slot order ([`SlotOrder`]) consecutive slots sit on partitions
+//!   far apart, so that any assignment of partition ranges shares a short
+//!   window of due times between instances;
 //! * a bucket is *released* (moved down) at `b·tick_L − lead_L`;
 //! * `lead_0` is configured (default 200 ms), `lead_L = 2·tick_(L−1)`;
 //! * `slots_L = ceil((tick_(L+1) + lead_(L+1)) / tick_L) + 2 + margin_L`
@@ -38,6 +41,29 @@ pub struct TierTable {
     max_delay_ms: i64,
 }
 
+/// How a tier's slots map onto its partitions (`wheel.slot_order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotOrder {
+    /// Slot `s` on partition `s` (lane 0): consecutive slots — consecutive
+    /// buckets of due times — on consecutive partitions. An assignment of
+    /// contiguous partition ranges hands a short window of due times mostly
+    /// to one instance. The layout of tier topics named `<prefix><tick>`
+    /// and `<prefix><tick>.p<N>`.
+    Sequential,
+    /// Consecutive slots alternate between the lower and the upper half of
+    /// the tier's partitions (even slots below, odd above), and within a
+    /// half they jump ~0.62 of it ([`spread_step`]): two instances holding
+    /// a contiguous half each — what librdkafka's cooperative-sticky
+    /// assignor hands them — share every window of due times evenly
+    /// (5 of any 10 consecutive slots each, for an even slot count), and
+    /// three or four holding ranges, or a round-robin assignment, hold at
+    /// most 6 of 10 ([`SlotMap`]). Slot 0 stays on partition 0. The layout of tier
+    /// topics named `<prefix><tick>.s<N>`.
+    #[default]
+    Spread,
+}
+
 /// One tier of the wheel: one Kafka topic of `slots × partitions_per_slot`
 /// partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +77,110 @@ pub struct Tier {
     /// Slots kept free for clock skew: records are routed at most
     /// `slots − margin` buckets ahead.
     pub margin: i64,
+    /// How the slots lie on the partitions ([`SlotOrder`]).
+    pub slot_map: SlotMap,
+}
+
+/// Where each slot of a tier lies among its first `slots` partitions
+/// ([`SlotOrder`]), precomputed: [`TierTable::partition`] and
+/// [`TierTable::slot_of_partition`] are two multiplications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotMap {
+    /// Slot `s` on partition `s`.
+    Sequential,
+    /// Even slots in the lower `lower` partitions, odd ones in the rest;
+    /// slot `s` is the `s/2`-th of its half, placed at `(s/2)·m mod size`
+    /// of that half (`m` and `m⁻¹` per half, [`spread_step`]).
+    Spread {
+        /// Partitions of the lower half: `ceil(slots / 2)`.
+        lower: i64,
+        /// (m, m⁻¹) of the lower half.
+        lower_step: (i64, i64),
+        /// (m, m⁻¹) of the upper half.
+        upper_step: (i64, i64),
+    },
+}
+
+impl SlotMap {
+    /// The map of `order` for a tier of `slots` slots.
+    pub fn new(order: SlotOrder, slots: i64) -> Self {
+        match order {
+            SlotOrder::Sequential => Self::Sequential,
+            SlotOrder::Spread => {
+                let lower = (slots + 1) / 2;
+                Self::Spread {
+                    lower,
+                    lower_step: spread_step(lower),
+                    upper_step: spread_step(slots - lower),
+                }
+            }
+        }
+    }
+
+    /// The index among the first `slots` partitions of `slot`.
+    fn place(&self, slot: i64, slots: i64) -> i64 {
+        match *self {
+            Self::Sequential => slot,
+            Self::Spread {
+                lower,
+                lower_step,
+                upper_step,
+            } => {
+                let index = slot / 2;
+                if slot % 2 == 0 {
+                    (index * lower_step.0).rem_euclid(lower)
+                } else {
+                    lower + (index * upper_step.0).rem_euclid(slots - lower)
+                }
+            }
+        }
+    }
+
+    /// The slot placed at index `place` ([`SlotMap::place`]'s inverse).
+    fn slot_at(&self, place: i64, slots: i64) -> i64 {
+        match *self {
+            Self::Sequential => place,
+            Self::Spread {
+                lower,
+                lower_step,
+                upper_step,
+            } => {
+                if place < lower {
+                    2 * (place * lower_step.1).rem_euclid(lower)
+                } else {
+                    2 * ((place - lower) * upper_step.1).rem_euclid(slots - lower) + 1
+                }
+            }
+        }
+    }
+}
+
+/// A multiplier `m` for `size` places and its inverse mod `size`: of the
+/// numbers coprime with `size` (odd ones when `size` is even, so that
+/// consecutive indices alternate between even and odd places), the one
+/// nearest `size·(√5 − 1)/2` (golden-ratio hashing, Knuth, TAOCP vol. 3,
+/// §6.4): consecutive indices jump ~0.62 of the range.
+pub fn spread_step(size: i64) -> (i64, i64) {
+    if size <= 2 {
+        return (1, 1);
+    }
+    let target = (size as f64 * (5_f64.sqrt() - 1.0) / 2.0).round() as i64;
+    let step = (0..size)
+        .flat_map(|d| [target - d, target + d])
+        .find(|&m| m > 0 && m < size && gcd(m, size) == 1 && (size % 2 == 1 || m % 2 == 1))
+        .unwrap_or(1);
+    let inverse = (1..size)
+        .find(|&k| (step * k).rem_euclid(size) == 1)
+        .unwrap_or(1);
+    (step, inverse)
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a.abs()
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl Tier {
@@ -221,6 +351,7 @@ impl TierTable {
                 slots,
                 lead_ms: lead(index),
                 margin,
+                slot_map: SlotMap::Sequential,
             });
         }
         let top = &tiers[top];
@@ -238,6 +369,15 @@ impl TierTable {
             lead0_ms,
             max_delay_ms,
         })
+    }
+
+    /// The table with slots laid onto partitions in `order` (derived
+    /// tables are [`SlotOrder::Sequential`]).
+    pub fn with_slot_order(mut self, order: SlotOrder) -> Self {
+        for t in &mut self.tiers {
+            t.slot_map = SlotMap::new(order, t.slots);
+        }
+        self
     }
 
     /// The tiers, lowest (finest tick) first.
@@ -311,14 +451,19 @@ impl TierTable {
     }
 
     /// Partition of tier `tier` for `slot` and the record's key lane
-    /// `lane ∈ [0, K)`: slot `s` owns partitions `s, s + slots, s + 2·slots…`.
+    /// `lane ∈ [0, K)`: slot `s` owns partitions `π(s), π(s) + slots,
+    /// π(s) + 2·slots…`, with `π` the tier's [`SlotMap`].
     pub fn partition(&self, tier: usize, slot: i64, lane: u32) -> i32 {
-        (slot + i64::from(lane) * self.tiers[tier].slots) as i32
+        let t = &self.tiers[tier];
+        (t.slot_map.place(slot, t.slots) + i64::from(lane) * t.slots) as i32
     }
 
-    /// The slot a tier partition belongs to.
+    /// The slot a tier partition belongs to (the inverse of
+    /// [`TierTable::partition`]).
     pub fn slot_of_partition(&self, tier: usize, partition: i32) -> i64 {
-        i64::from(partition).rem_euclid(self.tiers[tier].slots)
+        let t = &self.tiers[tier];
+        t.slot_map
+            .slot_at(i64::from(partition).rem_euclid(t.slots), t.slots)
     }
 }
 

@@ -262,15 +262,90 @@ proptest! {
     #[test]
     fn partitions_map_back_to_their_slot(
         table in table_strategy(),
+        spread in any::<bool>(),
         bucket in 0_i64..1_000_000_000,
         lane in 0_u32..8,
     ) {
+        let order = if spread { SlotOrder::Spread } else { SlotOrder::Sequential };
+        let table = table.with_slot_order(order);
         for tier in 0..table.tiers().len() {
             let slot = table.slot(tier, bucket);
             let p = table.partition(tier, slot, lane);
+            let slots = table.tiers()[tier].slots;
+            prop_assert!(i64::from(p) >= i64::from(lane) * slots);
+            prop_assert!(i64::from(p) < i64::from(lane + 1) * slots);
             prop_assert_eq!(table.slot_of_partition(tier, p), slot);
         }
     }
+}
+
+/// The spread order is a permutation of each tier's slots that keeps slot
+/// 0 on partition 0 (a tier's first partition). For an even slot count,
+/// every window of ten consecutive slots has exactly 5 in each half of the
+/// tier (the two contiguous ranges librdkafka's assignor gives two
+/// instances), 4 to 6 on even partitions (a round-robin assignment), and at
+/// most 4 in any quarter; for an odd count, 4 to 6 in each half. The
+/// sequential order gives one half all ten.
+#[test]
+fn the_spread_order_shares_every_window_of_ten_slots() {
+    for slots in 3..=600_i64 {
+        let table = TierTable::derive(&[SEC], slots, 200, DAY, 0)
+            .unwrap()
+            .with_slot_order(SlotOrder::Spread);
+        let place: Vec<i64> = (0..slots)
+            .map(|s| i64::from(table.partition(0, s, 0)))
+            .collect();
+        assert_eq!(place[0], 0);
+        for (s, &p) in place.iter().enumerate() {
+            assert_eq!(table.slot_of_partition(0, p as i32), s as i64, "{slots}");
+        }
+        let mut sorted = place.clone();
+        sorted.sort_unstable();
+        assert!(
+            sorted.iter().copied().eq(0..slots),
+            "{slots}: not a permutation"
+        );
+        if slots < 20 {
+            continue;
+        }
+        let count = |start: i64, inside: &dyn Fn(i64) -> bool| {
+            (start..start + 10)
+                .filter(|s| inside(place[s.rem_euclid(slots) as usize]))
+                .count()
+        };
+        for start in 0..slots {
+            for half in [slots / 2, (slots + 1) / 2] {
+                let low = count(start, &|p| p < half);
+                let even = slots % 2 == 0;
+                let bound = if even { 5..=5 } else { 4..=6 };
+                assert!(
+                    bound.contains(&low),
+                    "{slots} slots from {start}: {low} of 10"
+                );
+            }
+            if slots % 2 == 0 {
+                let even = count(start, &|p| p % 2 == 0);
+                assert!((4..=6).contains(&even), "{slots} from {start}: {even} even");
+                for q in 0..4 {
+                    let quarter = count(start, &|p| p * 4 / slots == q);
+                    assert!(
+                        quarter <= 4,
+                        "{slots} from {start}: {quarter} in quarter {q}"
+                    );
+                }
+            }
+        }
+    }
+    let table = default_table().with_slot_order(SlotOrder::Spread);
+    assert_eq!(table.partition(0, 1, 0), 32, "slot 1: the upper half");
+    assert_eq!(
+        table.partition(0, 2, 0),
+        19,
+        "slot 2: 0.62 into the lower half"
+    );
+    assert_eq!(table.partition(0, 3, 0), 32 + 19);
+    assert_eq!(table.partition(0, 3, 1), 32 + 19 + 64);
+    assert_eq!(default_table().partition(0, 5, 0), 5);
 }
 
 proptest! {

@@ -442,7 +442,7 @@ fn forged_tier_records_are_dead_lettered_without_blocking_their_partition() {
     let _service = Service::start(&settings);
     let producer = producer(&settings);
     // The 500 ms tier: 14 slots; partition 0 serves slot 0.
-    let tier = format!("{}500ms", settings.topics.tier_prefix);
+    let tier = tier_topic(&settings, "500ms");
     let now = now_ms();
     let far_bucket = (now / 500 + 14 * 1_000) / 14 * 14;
     let due = |b: i64| (b * 500 + 1).to_string();
@@ -530,7 +530,7 @@ fn a_record_of_the_next_turn_does_not_hold_back_the_current_one() {
     let reader = Reader::start(&settings, &[target]);
     let producer = producer(&settings);
     // The 500 ms tier; partition 0 serves slot 0.
-    let tier = format!("{}500ms", settings.topics.tier_prefix);
+    let tier = tier_topic(&settings, "500ms");
     let table = settings.tier_table().unwrap();
     let t = &table.tiers()[1];
     let (slots, tick) = (t.slots, t.tick_ms);

@@ -364,6 +364,7 @@ impl Instance {
                 "TOPICS__CLOCK",
                 "WHEEL__CLOCK",
                 "PREVIOUS_TIER_PREFIXES",
+                "SLOT_ORDER",
             ];
             !(other && new_keys.iter().any(|new| k.ends_with(new)))
         });

@@ -29,6 +29,19 @@ pub fn bootstrap() -> String {
     broker::start_for_process().expect("a broker: run `make broker` or set KAFKA_BROKERS")
 }
 
+/// The topic of the tier with tick label `label` (`500ms`, `1s`) under
+/// `settings` (its name carries the slot order: `<prefix>500ms.s<N>`).
+pub fn tier_topic(settings: &Settings, label: &str) -> String {
+    let table = settings.tier_table().unwrap();
+    table
+        .tiers()
+        .iter()
+        .zip(settings.tier_topics(&table))
+        .find(|(t, _)| kafka_delay::config::tick_label(t.tick_ms) == label)
+        .map(|(_, name)| name)
+        .unwrap_or_else(|| panic!("no tier {label}"))
+}
+
 /// A unique topic prefix for one test.
 pub fn unique_prefix(test: &str) -> String {
     static SEQ: AtomicUsize = AtomicUsize::new(0);

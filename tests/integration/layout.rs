@@ -112,8 +112,8 @@ fn records_pending_in_the_tiers_are_delivered_after_the_ticks_change() {
             .unwrap_or(0.0);
     assert!(drained > 0.0, "B routed nothing from the retired tiers");
     let retired_5s = format!(
-        "kafka_delay_retired_tier_records{{topic=\"{}5s\"}}",
-        settings.topics.tier_prefix
+        "kafka_delay_retired_tier_records{{topic=\"{}\"}}",
+        tier_topic(&settings, "5s")
     );
     assert!(
         wait_until(Duration::from_secs(10), || b.metric(&retired_5s)
@@ -155,16 +155,36 @@ fn changed_partitions_per_slot(
     changed
 }
 
+/// The slot order before 0.2: slot `s` on partition `s`, plain tier names.
+fn sequential(settings: &kafka_delay::config::Settings) -> kafka_delay::config::Settings {
+    let mut before = settings.clone();
+    before.wheel.slot_order = kafka_delay::config::SlotOrder::Sequential;
+    apply_topics(&before, &[]);
+    before
+}
+
 /// Stop, change a partition count, `topics apply`, start: the re-partitioned
-/// tiers get topics of their own (`<tier>.p<partitions>`), and the old ones
+/// tiers get topics of their own (`<tier>.s<partitions>`), and the old ones
 /// — `renamed` of them — are drained into them.
 fn repartition_with_records_pending(
     test: &str,
     change: fn(&kafka_delay::config::Settings) -> kafka_delay::config::Settings,
     renamed: usize,
 ) {
+    layout_change_with_records_pending(test, Clone::clone, change, renamed);
+}
+
+/// Stop an instance of layout `before`, change to `change`, `topics
+/// apply`, start: the `renamed` tier topics of the old layout are drained.
+fn layout_change_with_records_pending(
+    test: &str,
+    before: fn(&kafka_delay::config::Settings) -> kafka_delay::config::Settings,
+    change: fn(&kafka_delay::config::Settings) -> kafka_delay::config::Settings,
+    renamed: usize,
+) {
     let _heavy = heavy();
-    let (settings, targets) = setup(test, &["target"]);
+    let (defaults, targets) = setup(test, &["target"]);
+    let settings = before(&defaults);
     let target = &targets[0];
     let reader = Reader::start(&settings, &[target]);
     let mut a = Instance::start("A", &settings);
@@ -184,7 +204,7 @@ fn repartition_with_records_pending(
     );
     std::thread::sleep(Duration::from_secs(2));
     a.terminate();
-    let changed = change(&settings);
+    let changed = change(&defaults);
     apply_topics(&changed, &[]);
     let plan = layout::plan(&changed, &topics::Spec::load(None).unwrap()).unwrap();
     let retire = plan
@@ -217,6 +237,13 @@ fn records_pending_are_delivered_after_top_slots_change() {
 #[test]
 fn records_pending_are_delivered_after_partitions_per_slot_change() {
     repartition_with_records_pending("perslot", changed_partitions_per_slot, 3);
+}
+
+/// The upgrade to the spread slot order: records pending in the plain tier
+/// topics of the sequential order are drained into `<tier>.s<N>`.
+#[test]
+fn records_pending_are_delivered_after_the_slot_order_changes_to_spread() {
+    layout_change_with_records_pending("spread", sequential, Clone::clone, 3);
 }
 
 #[test]

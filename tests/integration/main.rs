@@ -18,6 +18,7 @@ mod memcheck;
 mod never_stuck;
 mod process;
 mod quickstart;
+mod share;
 
 use std::time::Duration;
 
@@ -313,8 +314,8 @@ fn topics_apply_is_idempotent_and_gives_a_re_partitioned_tier_its_own_topic() {
     let prefix = &settings.topics.tier_prefix;
     let created = reports
         .iter()
-        .find(|r| r.plan.name == format!("{prefix}50ms.p46"))
-        .unwrap_or_else(|| panic!("no {prefix}50ms.p46: {reports:?}"));
+        .find(|r| r.plan.name == format!("{prefix}50ms.s46"))
+        .unwrap_or_else(|| panic!("no {prefix}50ms.s46: {reports:?}"));
     assert_eq!(created.status, kafka_delay::kafka::topics::Status::Created);
     let resolved = kafka_delay::kafka::layout::resolve(&changed).unwrap();
     kafka_delay::kafka::topics::verify(&resolved, &spec).unwrap();
@@ -340,7 +341,7 @@ fn a_corrupt_tier_record_is_dead_lettered_and_does_not_block_its_partition() {
     let (settings, targets) = setup("corrupt", &["target"]);
     let _service = Service::start(&settings);
     let producer = producer(&settings);
-    let tier_topic = format!("{}500ms", settings.topics.tier_prefix);
+    let tier_topic = tier_topic(&settings, "500ms");
     // Written straight into a tier partition, without the service's headers.
     let record = BaseRecord::<str, str>::to(&tier_topic)
         .partition(0)

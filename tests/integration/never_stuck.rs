@@ -249,7 +249,8 @@ fn a_record_appended_to_a_released_bucket_is_delivered_at_once_and_counted() {
     let now = now_ms();
     let bucket = now / 1_000 - 2;
     let due = bucket * 1_000 + 500;
-    let tier = format!("{}1s", settings.topics.tier_prefix);
+    let tier = tier_topic(&settings, "1s");
+    let table = settings.tier_table().unwrap();
     let mut headers = rdkafka::message::OwnedHeaders::new();
     for (k, v) in [
         ("x-delay-due-at", due.to_string()),
@@ -263,7 +264,7 @@ fn a_record_appended_to_a_released_bucket_is_delivered_at_once_and_counted() {
         });
     }
     let record = rdkafka::producer::BaseRecord::<str, str>::to(&tier)
-        .partition((bucket % 64) as i32)
+        .partition(table.partition(0, table.slot(0, bucket), 0))
         .payload("v0")
         .headers(headers)
         .timestamp(now);

@@ -283,6 +283,22 @@ int gettimeofday(struct timeval *tv, void *tz) {
 
 /// A `kafka-delay run` child process, serving its probes and metrics on a
 /// port of its own.
+/// An instance restarted whenever it exits, as an orchestrator would (the
+/// service exits on purpose after a fatal producer error, e.g. a broker's
+/// `OutOfOrderSequenceNumber` under load); see [`Instance::supervise`].
+pub struct Supervised {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(Instance, usize)>,
+}
+
+impl Supervised {
+    /// Stops supervising; returns the instance and how often it restarted.
+    pub fn stop(self) -> (Instance, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().expect("supervisor")
+    }
+}
+
 pub struct Instance {
     child: Option<Child>,
     settings: Settings,
@@ -296,6 +312,30 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Restarts the instance whenever it exits, until [`Supervised::stop`].
+    pub fn supervise(mut self) -> Supervised {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut restarts = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let exited = self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+                if exited {
+                    eprintln!("{} exited; restarting it", self.name);
+                    self.child = None;
+                    self.spawn();
+                    restarts += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (self, restarts)
+        });
+        Supervised { stop, handle }
+    }
+
     /// Starts an instance configured through environment overrides only.
     pub fn start(name: &'static str, settings: &Settings) -> Self {
         Self::start_skewed(name, settings, 0)

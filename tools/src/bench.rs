@@ -12,7 +12,9 @@
 //! beside the raw copy, several rounds), `spread` (delays over every tier,
 //! published at a steady rate), `rollover` (one fixed delay beyond the top
 //! tier: a hop through every tier), `herd` (every record due at the same
-//! instant), `large` (100 KB records over every tier).
+//! instant), `large` (100 KB records over every tier), `sustained` (`--rate`
+//! for `--duration` seconds, delays over 0–20 s, lateness per second of due
+//! time).
 
 mod child;
 pub mod load;
@@ -35,7 +37,8 @@ pub use shapes::Shape;
 /// Benchmark options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Shapes to run, comma-separated: flood, spread, rollover, herd, large.
+    /// Shapes to run, comma-separated: flood, spread, rollover, herd, large,
+    /// sustained.
     #[arg(
         long,
         value_delimiter = ',',
@@ -65,9 +68,14 @@ pub struct BenchArgs {
     /// Records of the spread and rollover shapes.
     #[arg(long, default_value_t = 20_000)]
     pub delayed: usize,
-    /// Publishing rate of the spread, rollover and large shapes, records/s.
+    /// Publishing rate of the spread, rollover, large and sustained shapes,
+    /// records/s.
     #[arg(long, default_value_t = 2_000.0)]
     pub rate: f64,
+    /// How long the sustained shape publishes, seconds (`rate × duration`
+    /// records, delays uniform over 0–20 s).
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
     /// Records of the herd shape, all due at one instant.
     #[arg(long, default_value_t = 1_000_000)]
     pub herd: usize,
@@ -158,6 +166,48 @@ pub struct RunResult {
     pub stalls: f64,
     /// Partitions each instance was assigned, per source.
     pub assignments: Vec<String>,
+    /// Sustained shape: lateness per second of due time.
+    pub lateness_over_time: Vec<SecondLateness>,
+}
+
+/// Lateness of the records due in one second of a run.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct SecondLateness {
+    /// Seconds since the first due time.
+    pub second: i64,
+    pub records: usize,
+    pub p50_ms: i64,
+    pub p99_ms: i64,
+    pub max_ms: i64,
+}
+
+impl SecondLateness {
+    /// Groups `(due, lateness)` pairs by second of due time.
+    pub fn of(due_lateness_ms: &[(i64, i64)]) -> Vec<Self> {
+        let Some(first) = due_lateness_ms.iter().map(|d| d.0).min() else {
+            return Vec::new();
+        };
+        let mut by_second: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+        for &(due, late) in due_lateness_ms {
+            by_second
+                .entry((due - first) / 1000)
+                .or_default()
+                .push(late);
+        }
+        by_second
+            .into_iter()
+            .map(|(second, mut late)| {
+                late.sort_unstable();
+                Self {
+                    second,
+                    records: late.len(),
+                    p50_ms: percentile(&late, 0.5),
+                    p99_ms: percentile(&late, 0.99),
+                    max_ms: percentile(&late, 1.0),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Median and range.
@@ -319,6 +369,15 @@ fn print(r: &RunResult) {
     );
     for (i, a) in r.assignments.iter().enumerate() {
         println!("  instance {}: {a}", i + 1);
+    }
+    if !r.lateness_over_time.is_empty() {
+        println!("  lateness by second of due time: second records p50 p99 max (ms)");
+        for s in &r.lateness_over_time {
+            println!(
+                "    {:>4} {:>7} {:>6} {:>6} {:>6}",
+                s.second, s.records, s.p50_ms, s.p99_ms, s.max_ms
+            );
+        }
     }
 }
 

@@ -127,6 +127,10 @@ pub struct Verification {
     /// arrival order: the throughput window and the timeline.
     #[serde(skip)]
     pub arrivals_ms: Vec<i64>,
+    /// (due time, lateness) of each delivery, ms, in arrival order: the
+    /// lateness over time of the sustained shape.
+    #[serde(skip)]
+    pub due_lateness_ms: Vec<(i64, i64)>,
 }
 
 impl Verification {
@@ -223,6 +227,7 @@ fn read(
         if let Some(scheduled) = scheduled {
             v.early += usize::from(now < scheduled);
             v.lateness_ms.push(now - scheduled);
+            v.due_lateness_ms.push((scheduled, now - scheduled));
             if late_report.is_some_and(|bound| now - scheduled > bound) {
                 report_late(&msg, scheduled, now);
             }

@@ -23,6 +23,10 @@ pub enum Shape {
     Herd,
     /// 100 KB records, delays over every tier.
     Large,
+    /// `--rate` records/s for `--duration` seconds, delays uniform over
+    /// 0–20 s: due records arrive at the rate they were published, and the
+    /// report gives lateness per second of due time (the knee).
+    Sustained,
 }
 
 /// Arrival times and sorted lateness of the run, for the plots.
@@ -242,6 +246,11 @@ fn delayed(
         Shape::Spread | Shape::Rollover => (args.delayed, args.payload, Some(args.rate)),
         Shape::Herd => (args.herd, args.payload, None),
         Shape::Large => (args.large, 100 * 1024, Some(args.rate.min(200.0))),
+        Shape::Sustained => (
+            (args.rate * args.duration as f64) as usize,
+            args.payload,
+            Some(args.rate),
+        ),
         Shape::Flood => unreachable!("flood has its own run"),
     };
     let shape_load = load::Shape {
@@ -270,6 +279,7 @@ fn delayed(
         |_| match shape {
             Shape::Rollover => Due::Delay(reach_ms + 5_000),
             Shape::Herd => Due::At(herd_at),
+            Shape::Sustained => Due::Delay(rng.i64(0..=20_000)),
             _ => Due::Delay(rng.i64(0..=spread_max)),
         },
     )?;
@@ -286,6 +296,11 @@ fn delayed(
         late_appends: stopped.late_appends,
         stalls: stopped.stalls,
         assignments: stopped.assignments,
+        lateness_over_time: if shape == Shape::Sustained {
+            crate::bench::SecondLateness::of(&v.due_lateness_ms)
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     account(&mut r, &v);

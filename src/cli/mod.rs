@@ -83,6 +83,9 @@ impl ConfigArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (consumer group over the ingress and tier topics).
+    #[command(
+        after_help = "Examples:\n  kafka-delay run --config config/local.toml\n  kafka-delay run -b broker:9092 -X security.protocol=SSL\n  kafka-delay run --config my.toml --check"
+    )]
     Run {
         #[command(flatten)]
         config: ConfigArg,
@@ -191,6 +194,9 @@ cat ids.txt | kafka-delay reschedule --delay 1h --json"
     /// one record. Reads the tier topics from the service's committed
     /// offsets to their ends (records still in the ingress topic or in an
     /// instance's due-soon timer are not seen).
+    #[command(
+        after_help = "Examples:\n  kafka-delay pending -b broker:9092\n  kafka-delay pending --id order-42\n  kafka-delay pending --json | jq .by_target"
+    )]
     Pending {
         #[command(flatten)]
         config: ConfigArg,
@@ -290,6 +296,9 @@ kafka-delay dlq replay --since 2h --position after-outage"
 enum TopicsAction {
     /// Print the Kafka ACLs the service's principal needs (kafka-acls.sh
     /// commands); nothing is changed.
+    #[command(
+        after_help = "Examples:\n  kafka-delay topics acls --config my.toml --principal User:kafka-delay"
+    )]
     Acls {
         #[command(flatten)]
         config: ConfigArg,
@@ -300,6 +309,7 @@ enum TopicsAction {
     /// What `apply` would do, changing nothing: create, keep or drift for
     /// every topic, and the tier topics of earlier layouts to retire with
     /// the records they still hold.
+    #[command(after_help = "Examples:\n  kafka-delay topics plan --config my.toml")]
     Plan {
         #[command(flatten)]
         config: ConfigArg,
@@ -311,11 +321,15 @@ enum TopicsAction {
     /// Delete the tier topics of earlier layouts that hold no record past
     /// their committed offsets; keep and name those that still do (exit 1).
     /// Run it once no instance of the old layout runs.
+    #[command(after_help = "Examples:\n  kafka-delay topics prune --config my.toml")]
     Prune {
         #[command(flatten)]
         config: ConfigArg,
     },
     /// Create missing topics, report drift (idempotent).
+    #[command(
+        after_help = "Examples:\n  kafka-delay topics apply --config config/local.toml -b localhost:9092"
+    )]
     Apply {
         #[command(flatten)]
         config: ConfigArg,

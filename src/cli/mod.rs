@@ -317,6 +317,9 @@ enum TopicsAction {
         /// topics.spec_file from the configuration).
         #[arg(long)]
         spec: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete the tier topics of earlier layouts that hold no record past
     /// their committed offsets; keep and name those that still do (exit 1).
@@ -325,6 +328,9 @@ enum TopicsAction {
     Prune {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Create missing topics, report drift (idempotent).
     #[command(
@@ -337,6 +343,9 @@ enum TopicsAction {
         /// topics.spec_file from the configuration).
         #[arg(long)]
         spec: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -356,21 +365,21 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Topics {
-            action: TopicsAction::Apply { config, spec },
+            action: TopicsAction::Apply { config, spec, json },
         } => match load_logged(&config) {
-            Ok(settings) => topics::apply(&settings, spec),
+            Ok(settings) => topics::apply(&settings, spec, json),
             Err(code) => code,
         },
         Command::Topics {
-            action: TopicsAction::Plan { config, spec },
+            action: TopicsAction::Plan { config, spec, json },
         } => match load_logged(&config) {
-            Ok(settings) => topics::plan(&settings, spec),
+            Ok(settings) => topics::plan(&settings, spec, json),
             Err(code) => code,
         },
         Command::Topics {
-            action: TopicsAction::Prune { config },
+            action: TopicsAction::Prune { config, json },
         } => match load_logged(&config) {
-            Ok(settings) => topics::prune(&settings),
+            Ok(settings) => topics::prune(&settings, json),
             Err(code) => code,
         },
         Command::Dlq {

@@ -25,7 +25,7 @@ pub(super) fn acls(settings: &Settings, principal: &str) -> ExitCode {
 
 /// `topics apply`: creates missing topics and reports each; exits 1 when a
 /// topic drifted from its spec.
-pub(super) fn apply(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
+pub(super) fn apply(settings: &Settings, spec: Option<PathBuf>, json: bool) -> ExitCode {
     let spec_path = spec.or_else(|| settings.topics.spec_file.clone());
     let result = Spec::load(spec_path.as_deref()).and_then(|spec| {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -36,8 +36,12 @@ pub(super) fn apply(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
     });
     match result {
         Ok(reports) => {
-            for r in &reports {
-                println!("{r}");
+            if json {
+                print_json(&reports);
+            } else {
+                for r in &reports {
+                    println!("{r}");
+                }
             }
             if topics::has_drift(&reports) {
                 ExitCode::FAILURE
@@ -50,7 +54,7 @@ pub(super) fn apply(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
 }
 
 /// `topics plan`: prints what `apply` would do; exits 1 on drift.
-pub(super) fn plan(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
+pub(super) fn plan(settings: &Settings, spec: Option<PathBuf>, json: bool) -> ExitCode {
     let spec_path = spec.or_else(|| settings.topics.spec_file.clone());
     let result = Spec::load(spec_path.as_deref()).and_then(|spec| layout::plan(settings, &spec));
     match result {
@@ -58,8 +62,13 @@ pub(super) fn plan(settings: &Settings, spec: Option<PathBuf>) -> ExitCode {
             // The latest due time in each retired tier: at most how long
             // its drain can take (records move to the current tiers as
             // soon as they are read, so usually much less).
-            let latest = latest_due_in_retired(settings, &lines);
-            for line in &lines {
+            let latest = (!json)
+                .then(|| latest_due_in_retired(settings, &lines))
+                .flatten();
+            if json {
+                print_json(&lines);
+            }
+            for line in lines.iter().filter(|_| !json) {
                 match (line, &latest) {
                     (PlanLine::Retire(r), Some(scan)) if r.records > 0 => {
                         let due = scan
@@ -99,7 +108,7 @@ fn latest_due_in_retired(settings: &Settings, lines: &[PlanLine]) -> Option<supe
 
 /// `topics prune`: deletes drained tier topics of earlier layouts; exits 1
 /// when one still holds records (it is kept and named).
-pub(super) fn prune(settings: &Settings) -> ExitCode {
+pub(super) fn prune(settings: &Settings, json: bool) -> ExitCode {
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,12 +116,14 @@ pub(super) fn prune(settings: &Settings) -> ExitCode {
         .and_then(|runtime| runtime.block_on(layout::prune(settings)));
     match result {
         Ok(outcome) => {
-            let mut kept = false;
-            for o in &outcome {
+            let kept = outcome.iter().any(|o| matches!(o, Pruned::Kept(_)));
+            if json {
+                print_json(&outcome);
+            }
+            for o in outcome.iter().filter(|_| !json) {
                 match o {
                     Pruned::Deleted(topic) => println!("{topic:<28} deleted"),
                     Pruned::Kept(r) => {
-                        kept = true;
                         println!(
                             "{:<28} kept: {} records past its committed offsets; the service drains them",
                             r.topic, r.records
@@ -120,7 +131,7 @@ pub(super) fn prune(settings: &Settings) -> ExitCode {
                     }
                 }
             }
-            if outcome.is_empty() {
+            if outcome.is_empty() && !json {
                 println!("no tier topic of an earlier layout");
             }
             if kept {
@@ -131,4 +142,12 @@ pub(super) fn prune(settings: &Settings) -> ExitCode {
         }
         Err(error) => exit::fail(error),
     }
+}
+
+/// Prints `value` as pretty JSON on standard output.
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
 }

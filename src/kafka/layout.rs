@@ -74,7 +74,7 @@ pub fn resolve(settings: &Settings) -> Result<Settings, TopicsError> {
 /// the consumer group its tier had (`<group_id>.<label>`), so that it goes
 /// on from the offsets committed then — also while instances of the old
 /// layout still write to it during a rolling change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RetiredTier {
     /// The topic.
     pub topic: String,
@@ -166,7 +166,8 @@ pub fn retired_tiers(settings: &Settings) -> Result<Vec<RetiredTier>, TopicsErro
 }
 
 /// One line of `topics plan`: what `topics apply` would do with a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
 pub enum PlanLine {
     /// Missing: `apply` creates it with `partitions`.
     Create {
@@ -267,7 +268,8 @@ pub(crate) fn is_tier(settings: &Settings, name: &str) -> bool {
 }
 
 /// What `topics prune` did with one tier topic of an earlier layout.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", content = "topic", rename_all = "snake_case")]
 pub enum Pruned {
     /// Held no record past its committed offsets: deleted.
     Deleted(String),
@@ -351,5 +353,33 @@ mod tests {
         assert_eq!(label("delay.1d.s40").as_deref(), Some("1d.s40"));
         assert_eq!(label("delay.1s.s64"), None);
         assert_eq!(label("delay.1s.x64"), None);
+    }
+
+    #[test]
+    fn plan_and_prune_lines_serialize_for_scripts() {
+        let tier = RetiredTier {
+            topic: "delay.1s".into(),
+            label: "1s".into(),
+            group: "kafka-delay.1s".into(),
+            seed_from: None,
+            records: 7,
+        };
+        fn json(value: &impl serde::Serialize) -> String {
+            serde_json::to_string(value).expect("serializable")
+        }
+        assert_eq!(
+            json(&PlanLine::Create {
+                topic: "delay.1s.s64".into(),
+                partitions: 64
+            }),
+            r#"{"action":"create","topic":"delay.1s.s64","partitions":64}"#
+        );
+        assert!(json(&PlanLine::Retire(tier.clone()))
+            .starts_with(r#"{"action":"retire","topic":"delay.1s","label":"1s""#));
+        assert_eq!(
+            json(&Pruned::Deleted("delay.1m".into())),
+            r#"{"outcome":"deleted","topic":"delay.1m"}"#
+        );
+        assert!(json(&Pruned::Kept(tier)).contains(r#""records":7"#));
     }
 }

@@ -106,7 +106,7 @@ pub struct TierTopics {
 }
 
 /// One topic to create or check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TopicPlan {
     /// Topic name.
     pub name: String,
@@ -212,7 +212,8 @@ impl Spec {
 }
 
 /// What `apply` did or found for one topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     /// The topic did not exist and was created.
     Created,
@@ -231,7 +232,7 @@ pub enum Status {
 }
 
 /// One line of the report.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     /// The topic as planned.
     pub plan: TopicPlan,

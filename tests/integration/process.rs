@@ -428,3 +428,41 @@ fn cli_refuses_a_bad_deliver_at_and_reports_an_id_not_found() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn topics_apply_plan_and_prune_print_json_for_scripts() {
+    let (settings, _) = setup("topicsjson", &[]);
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .envs(settings.env_overrides())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"));
+        json
+    };
+    let applied = run(&["topics", "apply", "--json"]);
+    let applied = applied.as_array().unwrap();
+    assert_eq!(
+        applied.len(),
+        7,
+        "ingress, dead-letter, cancel, clock, 3 tiers"
+    );
+    assert!(
+        applied.iter().all(|r| r["status"]["status"] == "ok"),
+        "{applied:?}"
+    );
+    let planned = run(&["topics", "plan", "--json"]);
+    assert!(
+        planned
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["action"] == "keep"),
+        "{planned}"
+    );
+    assert_eq!(run(&["topics", "prune", "--json"]), serde_json::json!([]));
+}

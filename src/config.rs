@@ -189,12 +189,8 @@ pub struct WheelSettings {
     /// from clock probes) or `host` (this host's wall clock, for brokers
     /// that cannot stamp `LogAppendTime`; docs/guarantees.md, "Time").
     pub clock: ClockSource,
-    /// How slots map onto a tier's partitions: `spread` (the default;
-    /// consecutive slots far apart, tier topics `<prefix><tick>.s<N>`) or
-    /// `sequential` (slot `s` on partition `s`, tier topics `<prefix><tick>`
-    /// — the layout before 0.2). A change is a layout change: the tier
-    /// topics of the other order are drained (docs/configuration.md,
-    /// "Changing the wheel").
+    /// How slots map onto a tier's partitions ([`SlotOrder`]); a change
+    /// drains the other order's tier topics (docs/configuration.md).
     pub slot_order: SlotOrder,
 }
 

@@ -104,10 +104,7 @@ pub(crate) fn command<'a>(
     if until <= now {
         let outcomes: Vec<_> = ids.iter().map(|id| outcome(id, "too_late")).collect();
         if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&outcomes).expect("serializable")
-            );
+            super::print_json(&outcomes);
         } else {
             for id in ids {
                 println!(
@@ -123,10 +120,7 @@ pub(crate) fn command<'a>(
     match publish_all(settings, &all, now) {
         Ok(()) if json => {
             let outcomes: Vec<_> = ids.iter().map(|id| outcome(id, "cancelled")).collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&outcomes).expect("serializable")
-            );
+            super::print_json(&outcomes);
             ExitCode::SUCCESS
         }
         Ok(()) => {

@@ -436,10 +436,7 @@ fn with_bar<T>(what: &str, body: impl FnOnce(&dyn Fn(u64, u64)) -> T) -> T {
 pub(crate) fn list_command(settings: &Settings, filter: &Filter, json: bool) -> ExitCode {
     match with_bar("dead letters read", |bar| list(settings, filter, bar)) {
         Ok(summary) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&summary).expect("serializable")
-            );
+            super::print_json(&summary);
             ExitCode::SUCCESS
         }
         Ok(summary) => {
@@ -463,10 +460,7 @@ pub(crate) fn replay_command(
     });
     match result {
         Ok(done) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&done).expect("serializable")
-            );
+            super::print_json(&done);
             ExitCode::SUCCESS
         }
         Ok(done) => {

@@ -476,6 +476,14 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Prints `value` as pretty JSON on standard output (`--json`).
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}
+
 /// The ids given, or (none given) the non-empty lines of standard input
 /// (none when it is a terminal: the command then reports a usage error).
 fn ids_or_stdin(ids: Vec<String>) -> Vec<String> {

@@ -431,10 +431,7 @@ pub(crate) fn command(settings: &Settings, id: Option<&str>, json: bool) -> Exit
     match result {
         Ok(scan) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&scan).expect("serializable")
-                );
+                super::print_json(&scan);
             } else {
                 print!("{}", render(&scan, id));
             }

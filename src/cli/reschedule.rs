@@ -214,10 +214,7 @@ pub(crate) fn command(settings: &Settings, ids: &[String], when: &When, json: bo
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reported).expect("serializable")
-        );
+        super::print_json(&reported);
     }
     if outcomes
         .iter()

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::exit;
+use super::{exit, print_json};
 use crate::config::Settings;
 use crate::kafka::layout::{self, PlanLine, Pruned};
 use crate::kafka::topics::{self, Spec, TopicsError};
@@ -142,12 +142,4 @@ pub(super) fn prune(settings: &Settings, json: bool) -> ExitCode {
         }
         Err(error) => exit::fail(error),
     }
-}
-
-/// Prints `value` as pretty JSON on standard output.
-fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("serializable")
-    );
 }

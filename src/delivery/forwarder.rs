@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Timestamp};
 
 use crate::delivery::ledger::{Ledger, Ticket};
-use crate::kafka::native::{NativeProducer, OutHeaders, Outgoing, RecordHeaders};
+use crate::kafka::native::{NativeProducer, OutHeaders, Outgoing, PolledProducer, RecordHeaders};
 use crate::model::clock::{broker, mono_us, now_ms};
 use crate::model::envelope::{self, Envelope, EnvelopeError};
 use crate::ops::metrics::{Metrics, Source};
@@ -210,12 +210,14 @@ impl Forwarder {
         tier_topics: &[String],
     ) -> Result<Self, KafkaError> {
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let producer: ThreadedProducer<DeliveryContext> =
-            config.create_with_context(DeliveryContext {
+        let producer = PolledProducer::create(
+            config,
+            DeliveryContext {
                 ledger,
                 failures: failures.clone(),
                 metrics: metrics.clone(),
-            })?;
+            },
+        )?;
         Ok(Self {
             dead_letter: dead_letter.to_owned(),
             tiers: tier_topics.to_vec(),
@@ -432,7 +434,7 @@ impl Forwarder {
     }
 
     /// Another handle on the same producer (for the rebalance callback).
-    pub fn producer_handle(&self) -> ThreadedProducer<DeliveryContext> {
+    pub fn producer_handle(&self) -> PolledProducer<DeliveryContext> {
         self.producer.producer().clone()
     }
 

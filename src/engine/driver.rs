@@ -70,7 +70,9 @@ pub(crate) struct ConsumerLoop {
     pub(super) ledger: Arc<Ledger>,
     pub(super) forwarder: Forwarder,
     pub(super) failures: Failures,
-    pub(super) timer: Timer<Scheduled>,
+    /// Boxed: a heap operation moves log n entries, and a record's entry
+    /// is a few hundred bytes (memcpy was 1/3 of `fire_timers` in a profile).
+    pub(super) timer: Timer<Box<Scheduled>>,
     pub(super) timer_bytes: usize,
     /// At-least-once or exactly-once: how offsets are committed.
     pub(super) guarantee: Guarantee,
@@ -458,7 +460,7 @@ impl ConsumerLoop {
             }
             Stage::Ingress(_) => {
                 metrics.ingress.set_backlog(self.partitions.pending());
-                crate::kafka::native::release_free_memory();
+                crate::kafka::native::release_free_memory(now_ms());
             }
         }
     }

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
+
+use crate::kafka::native::PolledProducer;
 use rdkafka::ClientContext;
 
 use crate::delivery::exactly_once::{Transaction, TransactionError};
@@ -40,7 +42,7 @@ const REVOKE_WAIT_MAX: Duration = Duration::from_secs(5);
 pub struct GroupContext {
     pub(super) topic: String,
     pub(super) ledger: Arc<Ledger>,
-    pub(super) producer: ThreadedProducer<DeliveryContext>,
+    pub(super) producer: PolledProducer<DeliveryContext>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) health: Arc<crate::ops::health::Health>,
     pub(super) health_index: usize,

@@ -101,7 +101,7 @@ impl ConsumerLoop {
                 self.timer_bytes += bytes;
                 self.timer.schedule(
                     env.due_ms,
-                    Scheduled {
+                    Box::new(Scheduled {
                         ticket,
                         from,
                         target: env.target.to_owned(),
@@ -109,7 +109,7 @@ impl ConsumerLoop {
                         id: env.id.map(Box::from),
                         record: msg.to_owned_message(),
                         bytes,
-                    },
+                    }),
                 );
                 Outcome::Timer
             }

@@ -33,7 +33,7 @@ use std::ptr;
 use rdkafka::bindings as rdsys;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, OwnedMessage};
-use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{Producer, ProducerContext};
 
 /// Layout of librdkafka's `rd_kafka_header_t` (2.12, `rdkafka_header.h`).
 #[repr(C)]
@@ -273,7 +273,7 @@ where
     C::DeliveryOpaque: PlainOpaque,
 {
     handles: TopicHandles,
-    producer: ThreadedProducer<C>,
+    producer: PolledProducer<C>,
 }
 
 /// Delivery opaques that a `usize` may stand for: the delivery callback reads
@@ -294,7 +294,7 @@ where
     C::DeliveryOpaque: PlainOpaque,
 {
     /// Takes ownership of `producer`; no topic handle is made yet.
-    pub fn new(producer: ThreadedProducer<C>) -> Self {
+    pub fn new(producer: PolledProducer<C>) -> Self {
         Self {
             handles: TopicHandles::default(),
             producer,
@@ -302,7 +302,7 @@ where
     }
 
     /// The producer, for flushes, counts and clones of its handle.
-    pub fn producer(&self) -> &ThreadedProducer<C> {
+    pub fn producer(&self) -> &PolledProducer<C> {
         &self.producer
     }
 
@@ -544,18 +544,34 @@ pub fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext>(
     (err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
-/// Hands freed heap pages back to the kernel. After a burst, glibc keeps the
-/// memory librdkafka's queues used; without this the resident set would
-/// stay at the burst's peak although nothing is held (pending records live
-/// in Kafka). `malloc_trim` returns quickly when there is nothing to give
-/// back; elsewhere than glibc this does nothing.
-pub fn release_free_memory() {
+/// Least time between two [`release_free_memory`] trims, ms. A trim
+/// consolidates every arena under its lock; once a second it cost 1.3 % of
+/// the service's CPU under load (perf, sustained 20,000/s, BENCHMARKS.md),
+/// once in ten seconds a tenth of that, and the resident set still returns
+/// within seconds of a burst's end.
+const TRIM_EVERY_MS: i64 = 10_000;
+
+/// Hands freed heap pages back to the kernel, at most once in
+/// [`TRIM_EVERY_MS`] per process (`now_ms`: the caller's clock). After a
+/// burst, glibc keeps the memory librdkafka's queues used; without this the
+/// resident set would stay at the burst's peak although nothing is held
+/// (pending records live in Kafka). Elsewhere than glibc this does nothing.
+pub fn release_free_memory(now_ms: i64) {
+    static LAST_TRIM_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let last = LAST_TRIM_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if now_ms - last < TRIM_EVERY_MS {
+        return;
+    }
+    LAST_TRIM_MS.store(now_ms, std::sync::atomic::Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own heap structures.
     unsafe {
         libc::malloc_trim(0);
     }
 }
+
+mod polled;
+pub use polled::PolledProducer;
 
 #[cfg(test)]
 mod tests;

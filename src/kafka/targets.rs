@@ -21,7 +21,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::client::{Client, ClientContext};
-use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{Producer, ProducerContext};
+
+use crate::kafka::native::PolledProducer;
 
 /// Most names cached.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -61,7 +63,7 @@ pub struct Targets {
 impl Targets {
     /// Starts the resolver thread on (a handle of) the loop's producer.
     pub fn start<C: ProducerContext + 'static>(
-        producer: ThreadedProducer<C>,
+        producer: PolledProducer<C>,
     ) -> std::io::Result<Self> {
         let (asks, asked) = mpsc::channel::<String>();
         let (answer, answers) = mpsc::channel();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kafka_delay::kafka::native::{self, NativeProducer, OutHeaders};
+use kafka_delay::kafka::native::{self, NativeProducer, OutHeaders, PolledProducer};
 use kafka_delay::model::clock::wall_ms as now_ms;
 use kafka_delay::model::envelope;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
@@ -48,12 +48,17 @@ fn publish_raw_at(
         headers: out,
         opaque: 0,
     };
-    // Another handle on the same producer: records published through `p`
-    // before this one stay ahead of it.
-    let mut native = NativeProducer::new(p.clone());
+    // Records published through `p` before this one stay ahead of it: they
+    // are acknowledged before this producer writes.
+    p.flush(Duration::from_secs(10)).unwrap();
+    let config = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .clone();
+    let polled = PolledProducer::create(&config, DefaultProducerContext).unwrap();
+    let mut native = NativeProducer::new(polled.clone());
     native.produce(topic, record).map_err(|(e, _)| e).unwrap();
     drop(native);
-    p.flush(Duration::from_secs(10)).unwrap();
+    polled.flush(Duration::from_secs(10)).unwrap();
 }
 
 /// The dead letters, by value.

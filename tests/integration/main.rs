@@ -17,6 +17,7 @@ mod layout;
 mod memcheck;
 mod never_stuck;
 mod process;
+mod producer;
 mod quickstart;
 mod share;
 

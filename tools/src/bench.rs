@@ -149,6 +149,9 @@ pub struct RunResult {
     /// The broker's CPU µs per record in each side's window (local broker only).
     pub broker_cpu_us_per_record: Option<f64>,
     pub raw_broker_cpu_us_per_record: Option<f64>,
+    /// This tool's own CPU µs per record over the run: the publisher and
+    /// the reader (spread, rollover, herd, large and sustained shapes).
+    pub load_cpu_us_per_record: Option<f64>,
     /// Produces per record: tier writes + the delivery.
     pub writes_per_record: f64,
     pub lateness_p50_ms: i64,
@@ -156,6 +159,12 @@ pub struct RunResult {
     pub lateness_max_ms: i64,
     pub early: usize,
     pub lost: usize,
+    /// Refused by the broker at publishing (never entered the service; not
+    /// counted as lost).
+    pub refused: usize,
+    /// Missed by the live reader, found on reading the target again after
+    /// the run (delivered; not counted as lost).
+    pub missed_live: usize,
     pub duplicates: usize,
     /// Highest peak resident set of one instance, MiB.
     pub peak_rss_mib: f64,
@@ -310,7 +319,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Vec<RunResult>> {
                         Mode::AtLeastOnce => String::new(),
                         Mode::ExactlyOnce => "-eos".to_owned(),
                     };
-                    let name = format!("{}-{}{suffix}.svg", result.shape, instances);
+                    // Sustained runs differ by rate: one plot per rate.
+                    let rate = match shape {
+                        shapes::Shape::Sustained => format!("-{}", args.rate as u64),
+                        _ => String::new(),
+                    };
+                    let name = format!("{}-{}{rate}{suffix}.svg", result.shape, instances);
                     let path = dir.join(name);
                     plot::write(&path, &result, &timeline)?;
                     eprintln!("  plot: {}", path.display());
@@ -349,6 +363,11 @@ fn print(r: &RunResult) {
                 "  broker CPU per record meanwhile: service side {b:.1} µs, raw side {rb:.1} µs"
             );
         }
+    } else if let (Some(b), Some(l)) = (r.broker_cpu_us_per_record, r.load_cpu_us_per_record) {
+        println!(
+            "  CPU per record: service {:.1} µs; meanwhile broker {b:.1} µs, publisher + reader {l:.1} µs",
+            r.cpu_us_per_record
+        );
     } else {
         println!("  CPU per record {:.1} µs", r.cpu_us_per_record);
     }
@@ -363,6 +382,18 @@ fn print(r: &RunResult) {
         r.writes_per_record,
         r.peak_rss_mib
     );
+    if r.missed_live > 0 {
+        println!(
+            "  missed by the live reader, found in the target on reading it again (not counted as lost): {}",
+            r.missed_live
+        );
+    }
+    if r.refused > 0 {
+        println!(
+            "  refused by the broker at publishing (not counted as lost): {}",
+            r.refused
+        );
+    }
     println!(
         "  late appends {:.0}, watchdog resumes {:.0}",
         r.late_appends, r.stalls

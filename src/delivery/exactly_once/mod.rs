@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
+
+use crate::kafka::native::PolledProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +55,7 @@ pub enum TransactionError {
 
 /// The open transaction of one loop's producer.
 pub struct Transaction {
-    producer: ThreadedProducer<DeliveryContext>,
+    producer: PolledProducer<DeliveryContext>,
     /// The forwarder's count of writes issued.
     sent: Arc<AtomicU64>,
     /// The forwarder's failed writes (any fails the transaction).

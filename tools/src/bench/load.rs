@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::Message;
+use rdkafka::{ClientContext, Message};
 
 use kafka_delay::config::Settings;
 use kafka_delay::model::clock::wall_ms as now_ms;
@@ -45,8 +45,32 @@ pub enum Due {
     At(i64),
 }
 
+/// Collects the numbers of the records the broker refused (their delivery
+/// report is an error): they never entered the service, so a reader that
+/// misses them has not found a lost record.
+#[derive(Default)]
+struct Refusals(std::sync::Mutex<Vec<usize>>);
+
+impl ClientContext for Refusals {}
+
+impl ProducerContext for Refusals {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        if let Err((error, _)) = result {
+            let mut refused = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if refused.is_empty() {
+                eprintln!("  the broker refused record {index}: {error}");
+            }
+            refused.push(index);
+        }
+    }
+}
+
 /// Publishes records numbered `range` to `topic`; `due(i)` gives each
-/// record's routing header.
+/// record's routing header. Returns the numbers the broker refused (a
+/// failed delivery report), which [`Verification::discount_refused`] takes
+/// out of the lost count.
 pub fn publish(
     settings: &Settings,
     topic: &str,
@@ -54,13 +78,13 @@ pub fn publish(
     shape: Shape,
     target: Option<&str>,
     mut due: impl FnMut(usize) -> Due,
-) -> Result<(), KafkaError> {
+) -> Result<Vec<usize>, KafkaError> {
     let Shape { size, keys, rate } = shape;
 
     let linger = if rate.is_some() { "1" } else { "20" };
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka::producer_config(settings)
+    let producer: ThreadedProducer<Refusals> = kafka::producer_config(settings)
         .set("linger.ms", linger)
-        .create()?;
+        .create_with_context(Refusals::default())?;
     if rate.is_some() {
         // A new idempotent producer acquires its producer id first (~1 s on
         // Tansu); records stamped meanwhile would look late.
@@ -92,7 +116,7 @@ pub fn publish(
                 value: Some(target),
             });
         }
-        let mut record = BaseRecord::<str, [u8]>::to(topic)
+        let mut record = BaseRecord::<str, [u8], usize>::with_opaque_to(topic, i)
             .key(&key)
             .payload(&value)
             .headers(headers)
@@ -108,7 +132,21 @@ pub fn publish(
             }
         }
     }
-    producer.flush(Duration::from_secs(120))
+    producer.flush(Duration::from_secs(120))?;
+    let refused = std::mem::take(
+        &mut *producer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    if !refused.is_empty() {
+        eprintln!(
+            "  the broker refused {} of the published records",
+            refused.len()
+        );
+    }
+    Ok(refused)
 }
 
 /// What reading a target topic back found.
@@ -116,7 +154,11 @@ pub fn publish(
 pub struct Verification {
     pub expected: usize,
     pub received: usize,
+    /// Published, acknowledged and never read back.
     pub lost: usize,
+    /// Refused by the broker at publishing and never read back (not lost:
+    /// they never entered the service).
+    pub refused: usize,
     pub duplicates: usize,
     /// Seen (reader's clock) before `x-delay-scheduled-at`.
     pub early: usize,
@@ -131,9 +173,59 @@ pub struct Verification {
     /// lateness over time of the sustained shape.
     #[serde(skip)]
     pub due_lateness_ms: Vec<(i64, i64)>,
+    /// Numbers of the records never read back.
+    #[serde(skip)]
+    pub missing: Vec<usize>,
+    /// Times the live reader was handed a record beyond the next offset of
+    /// its partition, and the offsets so skipped (the broker's doing: no
+    /// producer here writes control records).
+    pub offset_gaps: usize,
+    pub skipped_offsets: usize,
+    /// Missed by the live reader but found when the topic was read again
+    /// from the start after the run: delivered, so not lost.
+    pub missed_live: usize,
 }
 
 impl Verification {
+    /// When records are missing, reads `topic` again from its start to its
+    /// end offsets with a new consumer: the ones found there were delivered
+    /// and only missed by the live reader ([`Verification::missed_live`]).
+    pub fn recheck(&mut self, settings: &Settings, topic: &str) -> Result<(), KafkaError> {
+        if self.missing.is_empty() {
+            return Ok(());
+        }
+        let found = read_all(settings, topic, &self.missing)?;
+        if !found.is_empty() {
+            eprintln!(
+                "  {} of the {} records the live reader missed are in {topic} (offset gaps seen live: {}, offsets skipped: {})",
+                found.len(),
+                self.missing.len(),
+                self.offset_gaps,
+                self.skipped_offsets
+            );
+        }
+        self.missed_live = found.len();
+        self.missing.retain(|i| !found.contains(i));
+        self.lost = self.missing.len();
+        Ok(())
+    }
+
+    /// Takes the records the broker refused at publishing (`refused`, from
+    /// [`publish`]) out of the lost count.
+    pub fn discount_refused(&mut self, refused: &[usize]) {
+        let refused: std::collections::HashSet<usize> = refused.iter().copied().collect();
+        let (never, lost) = self
+            .missing
+            .iter()
+            .partition::<Vec<usize>, _>(|i| refused.contains(i));
+        self.refused = never.len();
+        self.lost = lost.len();
+        if !lost.is_empty() {
+            let first: Vec<String> = lost.iter().take(20).map(usize::to_string).collect();
+            eprintln!("  lost records (first 20 numbers): {}", first.join(" "));
+        }
+    }
+
     /// Records per second between the `k`-th and the last distinct arrival
     /// (0 when fewer than two arrivals follow the warm-up).
     pub fn rate_after(&self, k: usize) -> f64 {
@@ -144,6 +236,51 @@ impl Verification {
         let span_ms = (a[a.len() - 1] - a[k]).max(1);
         (a.len() - 1 - k) as f64 * 1000.0 / span_ms as f64
     }
+}
+
+/// The numbers among `wanted` found in `topic`, read from the start of every
+/// partition to its end offset now.
+fn read_all(
+    settings: &Settings,
+    topic: &str,
+    wanted: &[usize],
+) -> Result<std::collections::HashSet<usize>, KafkaError> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let wanted: std::collections::HashSet<usize> = wanted.iter().copied().collect();
+    let group = format!("bench-recheck-{}", now_ms());
+    let consumer: BaseConsumer = kafka::consumer_config(settings, &group, false).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut ends = std::collections::HashMap::new();
+    let mut list = TopicPartitionList::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if high > low {
+            ends.insert(p.id(), high);
+            list.add_partition_offset(topic, p.id(), Offset::Offset(low))?;
+        }
+    }
+    consumer.assign(&list)?;
+    let mut found = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ends.is_empty() && Instant::now() < deadline {
+        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        if let Some(i) = msg
+            .payload()
+            .and_then(index_of)
+            .filter(|i| wanted.contains(i))
+        {
+            found.insert(i);
+        }
+        if ends
+            .get(&msg.partition())
+            .is_some_and(|&end| msg.offset() + 1 >= end)
+        {
+            ends.remove(&msg.partition());
+        }
+    }
+    Ok(found)
 }
 
 /// A reader started before a run: reads `topic` from the beginning on its
@@ -192,6 +329,9 @@ fn read(
         ..Default::default()
     };
     let mut distinct = 0;
+    // Next offset expected per partition: a record past it means the broker
+    // handed the reader a stream with a hole (no control records here).
+    let mut next_offset: std::collections::HashMap<i32, i64> = Default::default();
     // Diagnosis: KAFKA_DELAY_BENCH_LATE_MS prints every record later than that.
     let late_report: Option<i64> = std::env::var("KAFKA_DELAY_BENCH_LATE_MS")
         .ok()
@@ -210,6 +350,11 @@ fn read(
             continue;
         };
         let now = now_ms();
+        let expected_offset = next_offset.insert(msg.partition(), msg.offset() + 1);
+        if let Some(gap) = expected_offset.map(|o| msg.offset() - o).filter(|&g| g > 0) {
+            v.offset_gaps += 1;
+            v.skipped_offsets += gap as usize;
+        }
         let Some(i) = msg.payload().and_then(index_of).filter(|&i| i < expected) else {
             continue;
         };
@@ -233,7 +378,8 @@ fn read(
             }
         }
     }
-    v.lost = seen.iter().filter(|&&c| c == 0).count();
+    v.missing = (0..expected).filter(|&i| seen[i] == 0).collect();
+    v.lost = v.missing.len();
     v.duplicates = seen.iter().map(|&c| c.saturating_sub(1) as usize).sum();
     v.lateness_ms.sort_unstable();
     Ok(v)

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use kafka_delay::config::Settings;
 use kafka_delay::kafka;
-use kafka_delay::kafka::native::{NativeProducer, OutHeaders, Outgoing, RecordHeaders};
+use kafka_delay::kafka::native::{
+    NativeProducer, OutHeaders, Outgoing, PolledProducer, RecordHeaders,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message};
 
@@ -44,8 +46,8 @@ pub fn copy(settings: &Settings, source: &str, dest: &str, n: u64) -> Result<(),
     let group = format!("bench-raw-{source}");
     let consumer: BaseConsumer = kafka::consumer_config(settings, &group, false).create()?;
     let acked = Arc::new(AtomicU64::new(0));
-    let producer: ThreadedProducer<Acks> =
-        kafka::producer_config(settings).create_with_context(Acks(acked.clone()))?;
+    // The service's producer and delivery thread, so that the copy is like for like.
+    let producer = PolledProducer::create(&kafka::producer_config(settings), Acks(acked.clone()))?;
     let mut producer = NativeProducer::new(producer);
     // Warm-up, as the service is warm when measured: producer id, metadata.
     let warm_up = Outgoing {

@@ -138,6 +138,8 @@ fn account(r: &mut RunResult, v: &Verification) {
     r.lateness_max_ms = percentile(&v.lateness_ms, 1.0);
     r.early = v.early;
     r.lost = v.lost;
+    r.refused = v.refused;
+    r.missed_live = v.missed_live;
     r.duplicates = v.duplicates;
 }
 
@@ -172,15 +174,19 @@ fn flood(bench: &mut Bench<'_>, instances: usize) -> anyhow::Result<(RunResult, 
         // headers (`x-delay: 0`, `x-target-topic`). The raw copy moves them
         // with their headers, as an honest copy does; the service replaces
         // them with its own two.
-        for topic in [raw_src.as_str(), settings.topics.ingress.as_str()] {
-            load::publish(&settings, topic, 0..n, shape, Some(target), |_| {
-                Due::Delay(0)
-            })?;
-        }
+        let [raw_refused, refused] =
+            [raw_src.as_str(), settings.topics.ingress.as_str()].map(|topic| {
+                load::publish(&settings, topic, 0..n, shape, Some(target), |_| {
+                    Due::Delay(0)
+                })
+            });
+        let (raw_refused, refused) = (raw_refused?, refused?);
 
         let reader = Reader::start(&settings, raw_dst, n, Duration::from_secs(60))?;
         let mut copy = [child::spawn_raw_copy(&settings, raw_src, raw_dst, n)?];
-        let (v, trace) = finish(reader, &mut copy, bench.broker_pid)?;
+        let (mut v, trace) = finish(reader, &mut copy, bench.broker_pid)?;
+        v.discount_refused(&raw_refused);
+        v.recheck(&settings, raw_dst)?;
         let [copy] = copy;
         copy.wait_exit(Duration::from_secs(60))?;
         let (cpu_us, broker_us) = window_cpu(&v, k, &trace);
@@ -193,7 +199,9 @@ fn flood(bench: &mut Bench<'_>, instances: usize) -> anyhow::Result<(RunResult, 
         let mut children = (0..instances)
             .map(|_| child::spawn_service(&settings))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (v, trace) = finish(reader, &mut children, bench.broker_pid)?;
+        let (mut v, trace) = finish(reader, &mut children, bench.broker_pid)?;
+        v.discount_refused(&refused);
+        v.recheck(&settings, target)?;
         let stopped = stop(children)?;
         let (cpu_us, broker_us) = window_cpu(&v, k, &trace);
         broker_cpu.push(broker_us);
@@ -258,6 +266,8 @@ fn delayed(
         keys: args.keys,
         rate,
     };
+    let broker_cpu_before = bench.broker_pid.map(crate::broker::cpu_seconds_of);
+    let load_cpu_before = crate::broker::cpu_seconds_of(std::process::id());
     let mut children = start(&settings, instances, bench.args.partitions)?;
     let reader = Reader::start(
         &settings,
@@ -270,7 +280,7 @@ fn delayed(
     let spread_max = reach_ms + reach_ms / 3;
     let herd_at = now_ms() + 15_000 + n as i64 / 100;
     eprintln!("  publishing {n} records…");
-    load::publish(
+    let refused = load::publish(
         &settings,
         &settings.topics.ingress,
         0..n,
@@ -283,8 +293,16 @@ fn delayed(
             _ => Due::Delay(rng.i64(0..=spread_max)),
         },
     )?;
-    let (v, _) = finish(reader, &mut children, None)?;
+    let (mut v, _) = finish(reader, &mut children, None)?;
+    v.discount_refused(&refused);
+    v.recheck(&settings, target)?;
     let stopped = stop(children)?;
+    // The broker's CPU over the whole run (start, publishing, delivery and
+    // stop), per record: its share of the work, beside the service's.
+    let broker_cpu_us_per_record = bench
+        .broker_pid
+        .zip(broker_cpu_before)
+        .map(|(pid, before)| (crate::broker::cpu_seconds_of(pid) - before) * 1e6 / n as f64);
     let mut r = RunResult {
         shape: name,
         instances,
@@ -296,6 +314,10 @@ fn delayed(
         late_appends: stopped.late_appends,
         stalls: stopped.stalls,
         assignments: stopped.assignments,
+        broker_cpu_us_per_record,
+        load_cpu_us_per_record: Some(
+            (crate::broker::cpu_seconds_of(std::process::id()) - load_cpu_before) * 1e6 / n as f64,
+        ),
         lateness_over_time: if shape == Shape::Sustained {
             crate::bench::SecondLateness::of(&v.due_lateness_ms)
         } else {

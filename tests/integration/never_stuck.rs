@@ -106,8 +106,12 @@ fn two_instances_release_every_tier_on_time() {
     let account = Account::of(&settings, target, &arrivals, n);
     account.assert_ok("two instances, every tier", QUIET_BOUND_MS);
     // Without the wake-up p95 was 552 ms here (p99 725 ms, a quiet
-    // machine); with it p99 is 20–30 ms, and under 300 ms while the rest of
-    // the suite loads the machine.
+    // machine); with it p99 is 20–30 ms. `make test` runs this test alone,
+    // after the others: inside the full suite (some 50 tests, brokers and
+    // child processes on two cores) it measured the machine's contention
+    // — p95 304 ms in one run, a 7.3 s worst record in another, both
+    // 2026-12-04 — while alone and beside the other never_stuck tests it
+    // stayed at p99 22 ms.
     let p95 = percentile(&account.lateness_ms, 0.95);
     println!("p95 {p95} ms");
     assert!(

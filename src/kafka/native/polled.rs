@@ -110,14 +110,13 @@ impl<C: ProducerContext + 'static> PolledProducer<C> {
                 .name(Self::thread_name(&producer))
                 .spawn(move || serve(&producer, fd, &queue, &stop))
         };
-        let poller = Poller {
+        // On a failed spawn `poller` still unregisters and destroys the queue.
+        let mut poller = Poller {
             queue: QueuePtr(queue),
             wake,
             stop,
             thread: None,
         };
-        // On a failed spawn `poller` still unregisters and destroys the queue.
-        let mut poller = poller;
         poller.thread = Some(thread.map_err(|_| creation("thread"))?);
         Ok(Self {
             poller: Arc::new(poller),

@@ -92,7 +92,7 @@ impl Inflight {
             Kind::DeadLetter => 2,
             Kind::TruncatedDeadLetter => 3,
         };
-        self.ticket.with_tag(kind | (self.reason & 0xf) << 2) as usize
+        self.ticket.with_tag(kind | (self.reason & 0x1f) << 2) as usize
     }
 
     fn unpack(word: usize) -> Self {
@@ -108,6 +108,13 @@ impl Inflight {
             kind,
             reason: tag >> 2,
         }
+    }
+}
+
+/// A series' occurrence number (`x-delay-occurrence`), when `env` has one.
+fn add_occurrence(headers: &mut OutHeaders, env: &Envelope<'_>) {
+    if let Some(n) = env.occurrence {
+        headers.add_number(crate::model::series::OCCURRENCE, n as i64);
     }
 }
 
@@ -344,9 +351,10 @@ impl Forwarder {
         ticket: Ticket,
         now_ms: i64,
     ) {
-        let mut headers = user_headers(msg, 2);
+        let mut headers = user_headers(msg, 3);
         headers.add_number(envelope::SCHEDULED_AT, env.due_ms);
         headers.add_number(envelope::ORIGINAL_TIMESTAMP, env.original_timestamp_ms);
+        add_occurrence(&mut headers, env);
         self.metrics.delivery.forwarded(from, now_ms - env.due_ms);
         self.send(
             Parts::of(msg, now_ms, None, headers),
@@ -364,11 +372,12 @@ impl Forwarder {
         ticket: Ticket,
         now_ms: i64,
     ) {
-        let mut headers = user_headers(msg, 4);
+        let mut headers = user_headers(msg, 5);
         headers.add_number(envelope::DUE_AT, env.due_ms);
         headers.add(envelope::TARGET.as_bytes(), Some(env.target.as_bytes()));
         headers.add_number(envelope::BUCKET, bucket);
         headers.add_number(envelope::ORIGINAL_TIMESTAMP, env.original_timestamp_ms);
+        add_occurrence(&mut headers, env);
         self.metrics.tier.write(tier);
         self.send(
             Parts::of(msg, now_ms, Some(partition), headers),

@@ -22,17 +22,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Bits of the sequence number in a [`Ticket`]. Sequence numbers wrap; that
-/// is harmless while fewer than 2^34 records of one partition are in flight.
-const SEQ_BITS: u32 = 34;
+/// is harmless while fewer than 2^33 records of one partition are in flight.
+const SEQ_BITS: u32 = 33;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
 /// Bits of the generation: a slot reused by a later assignment has another
 /// generation, so late acknowledgements of the old one are ignored.
 const GEN_BITS: u32 = 8;
 /// Bits of the slot: at most 65 536 partitions assigned at once.
 const SLOT_BITS: u32 = 16;
-/// Where the caller's tag starts, and its width (6 bits).
+/// Where the caller's tag starts, and its width (7 bits).
 const TAG_SHIFT: u32 = SEQ_BITS + SLOT_BITS + GEN_BITS;
-const TAG_MASK: u8 = 0x3f;
+const TAG_MASK: u8 = 0x7f;
 
 /// One assignment of one partition: slot and generation, packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +52,7 @@ impl Assignment {
     }
 }
 
-/// A taken record: its assignment, its sequence number (mod 2^34) and six
+/// A taken record: its assignment, its sequence number (mod 2^33) and seven
 /// spare bits for the caller (the produce kind and a reason). Fits a
 /// `usize` on 64-bit targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,9 +94,10 @@ impl Ticket {
 /// Pending offsets of one source partition.
 #[derive(Debug, Default)]
 pub struct PartitionOffsets {
-    /// Taken offsets in ascending order, with their done flag and size
-    /// (key and value bytes).
-    pending: VecDeque<(i64, bool, u32)>,
+    /// Taken offsets in ascending order, with the writes of theirs still
+    /// unacknowledged (1 when taken, more when [held](Self::hold); 0: done)
+    /// and their size (key and value bytes).
+    pending: VecDeque<(i64, u8, u32)>,
     /// Key and value bytes of the records taken and not yet done.
     bytes: u64,
     /// Sequence number of `pending.front()`.
@@ -124,22 +125,41 @@ impl PartitionOffsets {
         }
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         self.bytes += u64::from(bytes);
-        self.pending.push_back((offset, false, bytes));
+        self.pending.push_back((offset, 1, bytes));
         self.next = Some(offset + 1);
         Some(self.front_seq + self.pending.len() as u64 - 1)
     }
 
-    /// Marks the record with sequence number `seq` (mod 2^38) delivered.
-    /// Unknown sequence numbers are ignored.
+    /// One more write for the record with sequence number `seq` must be
+    /// acknowledged before it is done: a series occurrence writes its target
+    /// record and the series' next occurrence from one source record, and
+    /// its offset may be committed only when both are acknowledged. False
+    /// (nothing held) when the record is done or unknown.
+    pub fn hold(&mut self, seq: u64) -> bool {
+        let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
+        match self.pending.get_mut(index) {
+            Some(entry) if entry.1 > 0 && entry.1 < u8::MAX => {
+                entry.1 += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Acknowledges one write of the record with sequence number `seq`
+    /// (mod 2^33): it is delivered when none is outstanding. Unknown or done
+    /// sequence numbers are ignored.
     pub fn done(&mut self, seq: u64) {
         let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
         if let Some(entry) = self.pending.get_mut(index) {
-            if !entry.1 {
-                entry.1 = true;
-                self.bytes -= u64::from(entry.2);
+            if entry.1 > 0 {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.bytes -= u64::from(entry.2);
+                }
             }
         }
-        while self.pending.front().is_some_and(|&(_, done, _)| done) {
+        while self.pending.front().is_some_and(|&(_, left, _)| left == 0) {
             self.pending.pop_front();
             self.front_seq += 1;
         }
@@ -174,7 +194,9 @@ impl PartitionOffsets {
     /// never taken).
     pub fn is_done(&self, seq: u64) -> bool {
         let index = (seq.wrapping_sub(self.front_seq) & SEQ_MASK) as usize;
-        self.pending.get(index).is_none_or(|&(_, done, _)| done)
+        self.pending
+            .get(index)
+            .is_none_or(|&(_, left, _)| left == 0)
     }
 }
 
@@ -268,7 +290,16 @@ impl Book {
         Some(Ticket::new(assignment, seq))
     }
 
-    /// Marks the ticket's record delivered (ignored for revoked assignments).
+    /// One more write to acknowledge for the ticket's record (see
+    /// [`PartitionOffsets::hold`]); false for a revoked assignment or a
+    /// record already done.
+    pub fn hold(&mut self, ticket: Ticket) -> bool {
+        self.entry(ticket.assignment())
+            .is_some_and(|e| e.offsets.hold(ticket.seq()))
+    }
+
+    /// Acknowledges one write of the ticket's record (ignored for revoked
+    /// assignments).
     pub fn done(&mut self, ticket: Ticket) {
         if let Some(e) = self.entry(ticket.assignment()) {
             e.offsets.done(ticket.seq());
@@ -401,6 +432,21 @@ impl Ledger {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_held_record_is_done_only_when_every_write_is_acknowledged() {
+        let mut p = PartitionOffsets::default();
+        let a = p.take(7).unwrap();
+        let b = p.take(8).unwrap();
+        assert!(p.hold(a));
+        p.done(b);
+        p.done(a);
+        assert_eq!(p.commit_position(), Some(7), "one write of 7 is still out");
+        assert!(!p.is_done(a));
+        p.done(a);
+        assert_eq!(p.commit_position(), Some(9));
+        assert!(!p.hold(a), "a done record cannot be held again");
+    }
 
     #[test]
     fn commits_only_the_contiguous_done_prefix() {

@@ -49,6 +49,7 @@ mod records;
 mod reroute;
 mod retired;
 pub(crate) mod round_trips;
+mod series;
 mod tier;
 pub(crate) mod timer;
 

@@ -24,6 +24,7 @@ pub struct Scheduled {
     target: String,
     original_timestamp_ms: i64,
     id: Option<Box<str>>,
+    occurrence: Option<u64>,
     record: OwnedMessage,
     bytes: usize,
 }
@@ -92,25 +93,11 @@ impl ConsumerLoop {
         match self.table.route(now, env.due_ms) {
             Route::Deliver => {
                 self.fire_timers(now);
-                self.forwarder.deliver(msg, env, from, ticket, now);
+                self.deliver_due(msg, env, from, ticket, now);
                 Outcome::Delivered
             }
             Route::Timer => {
-                self.opened(msg.partition());
-                let bytes = record_bytes(msg);
-                self.timer_bytes += bytes;
-                self.timer.schedule(
-                    env.due_ms,
-                    Box::new(Scheduled {
-                        ticket,
-                        from,
-                        target: env.target.to_owned(),
-                        original_timestamp_ms: env.original_timestamp_ms,
-                        id: env.id.map(Box::from),
-                        record: msg.to_owned_message(),
-                        bytes,
-                    }),
-                );
+                self.hold_in_timer(msg, env, from, ticket);
                 Outcome::Timer
             }
             Route::Tier { tier, bucket, .. } => {
@@ -127,6 +114,32 @@ impl ConsumerLoop {
         }
     }
 
+    /// Keeps `msg` in the due-soon timer until `env.due_ms`.
+    pub(super) fn hold_in_timer<M: Record + ToOwnedMessage>(
+        &mut self,
+        msg: &M,
+        env: &Envelope<'_>,
+        from: Source,
+        ticket: Ticket,
+    ) {
+        self.opened(msg.source_partition());
+        let bytes = record_bytes(msg);
+        self.timer_bytes += bytes;
+        self.timer.schedule(
+            env.due_ms,
+            Box::new(Scheduled {
+                ticket,
+                from,
+                target: env.target.to_owned(),
+                original_timestamp_ms: env.original_timestamp_ms,
+                id: env.id.map(Box::from),
+                occurrence: env.occurrence,
+                record: msg.to_owned_message(),
+                bytes,
+            }),
+        );
+    }
+
     /// Delivers every timer record that is due.
     pub(super) fn fire_timers(&mut self, now: i64) {
         while let Some((due_ms, s)) = self.timer.pop_due(now) {
@@ -137,13 +150,13 @@ impl ConsumerLoop {
                 original_timestamp_ms: s.original_timestamp_ms,
                 bucket: None,
                 id: s.id.as_deref(),
+                occurrence: s.occurrence,
             };
             if self.is_cancelled(&env) {
                 self.shared.metrics.cancellations.cancelled();
                 self.ledger.acknowledge(s.ticket);
             } else {
-                self.forwarder
-                    .deliver(&s.record, &env, s.from, s.ticket, now);
+                self.deliver_due(&s.record, &env, s.from, s.ticket, now);
             }
             self.closed(s.record.partition());
         }
@@ -254,19 +267,71 @@ impl ConsumerLoop {
     }
 }
 
-/// An owned copy of a record (for the timer and the parked queue).
+/// An owned copy of a record (for the timer and the parked queue), and
+/// what the timer needs of the record it came from.
 pub trait ToOwnedMessage {
     fn to_owned_message(&self) -> OwnedMessage;
+    /// The partition the record was read from.
+    fn source_partition(&self) -> i32;
+    /// The key-less record's lane seed (its offset).
+    fn lane_seed(&self) -> u64;
 }
 
 impl ToOwnedMessage for BorrowedMessage<'_> {
     fn to_owned_message(&self) -> OwnedMessage {
         self.detach()
     }
+    fn source_partition(&self) -> i32 {
+        self.partition()
+    }
+    fn lane_seed(&self) -> u64 {
+        self.offset() as u64
+    }
 }
 
 impl ToOwnedMessage for OwnedMessage {
     fn to_owned_message(&self) -> OwnedMessage {
         self.clone()
+    }
+    fn source_partition(&self) -> i32 {
+        self.partition()
+    }
+    fn lane_seed(&self) -> u64 {
+        self.offset() as u64
+    }
+}
+
+/// A failed tier write routed again ([`ConsumerLoop::retry_tier_write`]):
+/// only a series' record that is due gets here (its next occurrence may
+/// wait in the timer). Its source partition is unknown, so it is -1: the
+/// timer uses it only for exactly-once mode's write order, where a failed
+/// write aborts the transaction instead of being retried.
+impl ToOwnedMessage for crate::delivery::forwarder::OwnedRecord {
+    fn to_owned_message(&self) -> OwnedMessage {
+        use crate::kafka::native::RecordHeaders;
+        use rdkafka::message::{Header, OwnedHeaders};
+        let view = self.header_view();
+        let mut headers = OwnedHeaders::new_with_capacity(view.iter().count());
+        for (key, value) in view.iter() {
+            headers = headers.insert(Header {
+                key: &String::from_utf8_lossy(key),
+                value,
+            });
+        }
+        OwnedMessage::new(
+            self.value.clone(),
+            self.key.clone(),
+            self.topic.clone(),
+            rdkafka::Timestamp::CreateTime(self.timestamp_ms),
+            -1,
+            0,
+            Some(headers),
+        )
+    }
+    fn source_partition(&self) -> i32 {
+        -1
+    }
+    fn lane_seed(&self) -> u64 {
+        0
     }
 }

@@ -66,10 +66,7 @@ impl ConsumerLoop {
         }
         let from = self.role().source();
         match self.table.route(now, env.due_ms) {
-            Route::Deliver => {
-                self.forwarder
-                    .deliver(&record, &env, from, inflight.ticket, now);
-            }
+            Route::Deliver => self.deliver_due(&record, &env, from, inflight.ticket, now),
             Route::Timer => {
                 let due = env.due_ms;
                 self.failures.wait_until(record, inflight, due);

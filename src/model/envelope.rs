@@ -16,6 +16,8 @@
 use regex::Regex;
 use thiserror::Error;
 
+use crate::model::series::{self, RawSeries, SeriesError};
+
 /// Delay in ms after the record timestamp (RabbitMQ's `x-delay` meaning).
 pub const DELAY: &str = "x-delay";
 /// Absolute due time: epoch ms or RFC 3339.
@@ -45,8 +47,8 @@ pub const BUCKET: &str = "x-delay-bucket";
 pub const ID: &str = "x-delay-id";
 
 /// Headers whose look-alikes (case, spaces, NUL) are dead-lettered: the
-/// routing headers and the id.
-const CHECKED_HEADERS: [&str; 4] = [DELAY, DELIVER_AT, TARGET_TOPIC, ID];
+/// routing headers, the id and the schedule.
+const CHECKED_HEADERS: [&str; 5] = [DELAY, DELIVER_AT, TARGET_TOPIC, ID, series::SCHEDULE];
 
 /// The routing headers a producer sets.
 pub const ROUTING_HEADERS: [&str; 3] = [DELAY, DELIVER_AT, TARGET_TOPIC];
@@ -55,7 +57,7 @@ pub const ROUTING_HEADERS: [&str; 3] = [DELAY, DELIVER_AT, TARGET_TOPIC];
 /// target record (fresh values are written instead). A producer-set
 /// `x-delay-error`, `x-delay-reason` or `x-delay-truncated` is dropped too, so a dead letter
 /// carries only the service's own.
-pub const OWNED_HEADERS: [&str; 11] = [
+pub const OWNED_HEADERS: [&str; 12] = [
     DELAY,
     DELIVER_AT,
     TARGET_TOPIC,
@@ -67,6 +69,7 @@ pub const OWNED_HEADERS: [&str; 11] = [
     ERROR,
     REASON,
     TRUNCATED,
+    series::OCCURRENCE,
 ];
 
 /// True if `key` is one of [`OWNED_HEADERS`].
@@ -113,6 +116,9 @@ pub struct Envelope<'a> {
     pub bucket: Option<i64>,
     /// `x-delay-id`, if the record has one.
     pub id: Option<&'a str>,
+    /// For a series' record ([`crate::model::series`]): the number of the
+    /// occurrence it delivers when due (from 1).
+    pub occurrence: Option<u64>,
 }
 
 /// Why a record cannot be scheduled or delivered. The `Display` text is the
@@ -170,6 +176,8 @@ pub enum EnvelopeError {
     UnreadableHeaders(String),
     #[error("the record timestamp is negative ({0}); a delayed record needs a timestamp at or after 1970")]
     NegativeTimestamp(i64),
+    #[error("{0}")]
+    InvalidSchedule(#[from] SeriesError),
 }
 
 impl EnvelopeError {
@@ -193,12 +201,13 @@ impl EnvelopeError {
             Self::InvalidId(_) => "invalid_id",
             Self::UnreadableHeaders(_) => "unreadable_headers",
             Self::NegativeTimestamp(_) => "invalid_timestamp",
+            Self::InvalidSchedule(_) => "invalid_schedule",
         }
     }
 
     /// Every metric label [`EnvelopeError::reason`] can return.
-    /// At most 16: the delivery opaque carries the index in 4 bits.
-    pub const REASONS: [&'static str; 16] = [
+    /// At most 32: the delivery opaque carries the index in 5 bits.
+    pub const REASONS: [&'static str; 17] = [
         "invalid_delay",
         "invalid_deliver_at",
         "conflicting_headers",
@@ -214,6 +223,7 @@ impl EnvelopeError {
         "invalid_id",
         "unreadable_headers",
         "invalid_timestamp",
+        "invalid_schedule",
         "other",
     ];
 }
@@ -392,12 +402,14 @@ pub fn parse_ingress_trusting<'a>(
     trusted: &str,
 ) -> Result<Envelope<'a>, EnvelopeError> {
     let (mut delay, mut deliver_at, mut target, mut id) = (None, None, None, None);
+    let mut raw_series = RawSeries::default();
     for (key, value) in headers {
         match key {
             b"x-delay" => once(&mut delay, DELAY, value)?,
             b"x-deliver-at" => once(&mut deliver_at, DELIVER_AT, value)?,
             b"x-target-topic" => once(&mut target, TARGET_TOPIC, value)?,
             b"x-delay-id" => once(&mut id, ID, value)?,
+            _ if raw_series.note(key, value)? => {}
             _ => {
                 if let Some(routing) = lookalike(key, &CHECKED_HEADERS) {
                     return Err(EnvelopeError::LookalikeHeader {
@@ -434,7 +446,6 @@ pub fn parse_ingress_trusting<'a>(
     } else {
         policy.check(target)?
     };
-    policy.check_delay(due_ms, now_ms)?;
     let id = match id {
         Some(raw) => Some(
             crate::model::cancel::parse_id(raw)
@@ -442,12 +453,25 @@ pub fn parse_ingress_trusting<'a>(
         ),
         None => None,
     };
+    // A series: its first occurrence at or after that due time.
+    let (due_ms, occurrence) = match raw_series.parse()? {
+        None => (due_ms, None),
+        Some(_) if id.is_none() => return Err(SeriesError::NoId.into()),
+        Some(s) => {
+            let first = s.first_at_or_after(due_ms).ok_or_else(|| {
+                SeriesError::NoOccurrence(crate::model::clock::rfc3339_ms(due_ms))
+            })?;
+            (first, Some(1))
+        }
+    };
+    policy.check_delay(due_ms, now_ms)?;
     Ok(Envelope {
         due_ms,
         target,
         original_timestamp_ms: timestamp,
         bucket: None,
         id,
+        occurrence,
     })
 }
 
@@ -512,7 +536,7 @@ pub fn parse_tier_headers<'a>(
     policy: &TargetPolicy,
 ) -> Result<Envelope<'a>, EnvelopeError> {
     let (mut due, mut target, mut bucket, mut original) = (None, None, None, None);
-    let mut id = None;
+    let (mut id, mut occurrence) = (None, None);
     for (key, value) in headers {
         let (slot, name) = match key {
             b"x-delay-due-at" => (&mut due, DUE_AT),
@@ -520,6 +544,7 @@ pub fn parse_tier_headers<'a>(
             b"x-delay-bucket" => (&mut bucket, BUCKET),
             b"x-delay-original-timestamp" => (&mut original, ORIGINAL_TIMESTAMP),
             b"x-delay-id" => (&mut id, ID),
+            b"x-delay-occurrence" => (&mut occurrence, series::OCCURRENCE),
             _ => continue,
         };
         if slot.is_some() {
@@ -543,6 +568,10 @@ pub fn parse_tier_headers<'a>(
             Some(raw) => Some(
                 crate::model::cancel::parse_id(raw).ok_or(EnvelopeError::CorruptTierRecord(ID))?,
             ),
+            None => None,
+        },
+        occurrence: match occurrence {
+            Some(raw) => Some(number(Some(raw), series::OCCURRENCE)? as u64),
             None => None,
         },
     };

@@ -13,3 +13,4 @@
 pub mod cancel;
 pub mod clock;
 pub mod envelope;
+pub mod series;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kafka_delay::kafka::native::{self, NativeProducer, OutHeaders, PolledProducer};
 use kafka_delay::model::clock::wall_ms as now_ms;
 use kafka_delay::model::envelope;
-use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{DefaultProducerContext, Producer};
 use rdkafka::Message;
 
 use crate::helpers::*;
@@ -17,7 +17,7 @@ type RawHeader<'a> = (&'a [u8], Option<&'a [u8]>);
 
 /// Publishes one record with byte-exact header keys and values.
 fn publish_raw(
-    p: &ThreadedProducer<DefaultProducerContext>,
+    p: &TestProducer,
     topic: &str,
     partition: Option<i32>,
     key: &[u8],
@@ -29,7 +29,7 @@ fn publish_raw(
 
 /// [`publish_raw`] with the record timestamp given.
 fn publish_raw_at(
-    p: &ThreadedProducer<DefaultProducerContext>,
+    p: &TestProducer,
     topic: &str,
     (partition, timestamp_ms): (Option<i32>, i64),
     key: &[u8],
@@ -374,11 +374,10 @@ fn a_zstd_batch_from_another_client_is_delivered() {
     let (settings, targets) = setup("zstd", &["target"]);
     let target = &targets[0];
     let _service = Service::start(&settings);
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        kafka_delay::kafka::producer_config(&settings)
-            .set("compression.type", "zstd")
-            .create()
-            .unwrap();
+    let producer: TestProducer = kafka_delay::kafka::producer_config(&settings)
+        .set("compression.type", "zstd")
+        .create_with_context(Acks::default())
+        .unwrap();
     for i in 0..20 {
         publish(
             &producer,

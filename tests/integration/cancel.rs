@@ -11,7 +11,7 @@ use kafka_delay::model::clock::wall_ms as now_ms;
 use crate::faults::*;
 use crate::helpers::*;
 
-type Producer = rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
+type Producer = crate::helpers::TestProducer;
 
 /// Publishes `value` for `target`, due in `delay_ms`, with `x-delay-id` `id`.
 fn publish_with_id(
@@ -268,21 +268,6 @@ fn reschedule_moves_a_record_earlier_and_later_and_delivers_it_once() {
     ));
 }
 
-/// VmRSS of a process, KiB.
-fn rss_kib(pid: i32) -> i64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap()
-}
-
 #[test]
 fn a_hundred_thousand_outstanding_cancellations_cost_little_memory() {
     let _heavy = heavy();
@@ -455,9 +440,35 @@ fn cancellations_under_sustained_load_are_never_missed() {
         .copied()
         .filter(|j| counts.contains_key(&format!("v{j}")))
         .collect();
-    let lost: Vec<usize> = (0..n)
+    // Records the broker never acknowledged to the test's producer are not
+    // the service's to deliver; a record on its target that the live reader
+    // did not see is delivered (the test broker has handed a reader an
+    // offset gap). What remains, with where it stopped, is lost.
+    let unpublished = rdkafka::producer::Producer::context(&p).failed();
+    let mut lost: Vec<usize> = (0..n)
         .filter(|j| !cancelled.contains(j) && !counts.contains_key(&format!("v{j}")))
+        .filter(|j| !unpublished.contains(&format!("v{j}")))
         .collect();
+    if !lost.is_empty() {
+        let values: Vec<String> = lost.iter().map(|j| format!("v{j}")).collect();
+        let places = locate(&settings, &targets, &values);
+        for j in &lost {
+            println!(
+                "not seen live: v{j} is in {:?}",
+                places.get(&format!("v{j}"))
+            );
+        }
+        lost.retain(|j| {
+            let target = &targets[j % targets.len()];
+            !places
+                .get(&format!("v{j}"))
+                .is_some_and(|at| at.contains(target))
+        });
+    }
+    println!(
+        "records the broker refused to the test producer: {}",
+        unpublished.len()
+    );
     let mut early = 0;
     for arrival in &arrivals {
         let scheduled: i64 = arrival

@@ -18,7 +18,7 @@ use kafka_delay::{kafka, kafka::topics, model::envelope, service};
 use kafka_delay_tools::{broker, demo};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Message;
 
 /// Test tick table: every tier, cascade and roll-over within seconds.
@@ -152,12 +152,48 @@ impl Drop for Service {
     }
 }
 
+/// A test producer's delivery reports: the values of the records the
+/// broker did not acknowledge, so a test can tell a record it never
+/// published from one the service lost.
+#[derive(Default)]
+pub struct Acks {
+    failed: std::sync::Mutex<Vec<String>>,
+}
+
+impl rdkafka::ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, msg)) = result {
+            let value = String::from_utf8_lossy(msg.payload().unwrap_or_default()).into_owned();
+            eprintln!(
+                "test producer: {value} to {} not acknowledged: {e}",
+                msg.topic()
+            );
+            self.failed.lock().unwrap().push(value);
+        }
+    }
+}
+
+impl Acks {
+    /// Values of the records the broker refused or timed out so far.
+    pub fn failed(&self) -> Vec<String> {
+        self.failed.lock().unwrap().clone()
+    }
+}
+
+/// The producer tests publish with.
+pub type TestProducer = ThreadedProducer<Acks>;
+
 /// A producer for test records, warmed up: a new idempotent producer's
 /// first acknowledgement can take ~1 s on Tansu, which is not the service's
 /// lateness.
-pub fn producer(settings: &Settings) -> ThreadedProducer<DefaultProducerContext> {
-    let p: ThreadedProducer<DefaultProducerContext> =
-        kafka::producer_config(settings).create().unwrap();
+pub fn producer(settings: &Settings) -> TestProducer {
+    let p: TestProducer = kafka::producer_config(settings)
+        .create_with_context(Acks::default())
+        .unwrap();
     let warmup = format!("{}warmup", settings.topics.tier_prefix);
     p.send(BaseRecord::<str, str>::to(&warmup).payload("warm-up"))
         .map_err(|(e, _)| e)
@@ -166,9 +202,43 @@ pub fn producer(settings: &Settings) -> ThreadedProducer<DefaultProducerContext>
     p
 }
 
+/// Where the records with the values in `values` are now: for each value
+/// found, the topics holding a copy, read from their start (the ingress,
+/// every tier, `targets` and the dead-letter topic). For a failure message
+/// that tells a record the live reader missed (it is on its target) from one
+/// the service lost (it stopped in the ingress or a tier).
+pub fn locate(
+    settings: &Settings,
+    targets: &[String],
+    values: &[String],
+) -> HashMap<String, Vec<String>> {
+    let table = settings.tier_table().unwrap();
+    let topics = [&settings.topics.ingress, &settings.topics.dead_letter]
+        .into_iter()
+        .cloned()
+        .chain(settings.tier_topics(&table))
+        .chain(targets.iter().cloned());
+    let wanted: std::collections::HashSet<&[u8]> = values.iter().map(|v| v.as_bytes()).collect();
+    let mut found: HashMap<String, Vec<String>> = HashMap::new();
+    for topic in topics {
+        kafka_delay_tools::bench::load::scan(settings, &topic, |msg| {
+            if let Some(v) = msg.payload().filter(|v| wanted.contains(v)) {
+                let places = found
+                    .entry(String::from_utf8_lossy(v).into_owned())
+                    .or_default();
+                if !places.contains(&topic) {
+                    places.push(topic.clone());
+                }
+            }
+        })
+        .unwrap();
+    }
+    found
+}
+
 /// Publishes one ingress record with `headers` (key, value).
 pub fn publish(
-    p: &ThreadedProducer<DefaultProducerContext>,
+    p: &TestProducer,
     settings: &Settings,
     key: Option<&str>,
     value: &str,
@@ -263,8 +333,7 @@ impl Reader {
 
     /// Waits until `expected` distinct records arrived or `timeout` passed,
     /// then `linger` more to catch duplicates; returns everything read.
-    pub fn wait(mut self, expected: usize, timeout: Duration, linger: Duration) -> Vec<Arrival> {
-        let deadline = Instant::now() + timeout;
+    pub fn wait(self, expected: usize, timeout: Duration, linger: Duration) -> Vec<Arrival> {
         let distinct = |arrivals: &[Arrival]| {
             arrivals
                 .iter()
@@ -272,7 +341,24 @@ impl Reader {
                 .collect::<std::collections::HashSet<_>>()
                 .len()
         };
-        while distinct(&self.arrivals.lock().unwrap()) < expected && Instant::now() < deadline {
+        self.wait_until(|a| distinct(a) >= expected, timeout, linger)
+    }
+
+    /// The arrivals so far (the reader goes on).
+    pub fn snapshot_len(&self) -> usize {
+        self.arrivals.lock().unwrap().len()
+    }
+
+    /// Waits until `done(arrivals)` or `timeout` passed, then `linger`
+    /// more; returns everything read.
+    pub fn wait_until(
+        mut self,
+        done: impl Fn(&[Arrival]) -> bool,
+        timeout: Duration,
+        linger: Duration,
+    ) -> Vec<Arrival> {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.arrivals.lock().unwrap()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(linger);
@@ -298,7 +384,7 @@ pub fn read(
 /// Publishes records `v0..v{n}` (keys `k0..`) to be delivered to `target`
 /// after `delay_ms(i)`.
 pub fn publish_numbered(
-    p: &ThreadedProducer<DefaultProducerContext>,
+    p: &TestProducer,
     settings: &Settings,
     target: &str,
     n: usize,
@@ -373,4 +459,19 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     stream.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, text))
+}
+
+/// VmRSS of a process, KiB.
+pub fn rss_kib(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap()
 }

@@ -459,7 +459,7 @@ fn a_crash_in_the_middle_of_a_migration_loses_nothing() {
 
 /// Publishes record `i` (`k{i}`, `v{i}`) due `delay_ms` after now.
 fn publish_one(
-    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    producer: &crate::helpers::TestProducer,
     settings: &kafka_delay::config::Settings,
     target: &str,
     i: usize,

@@ -19,6 +19,7 @@ mod never_stuck;
 mod process;
 mod producer;
 mod quickstart;
+mod series;
 mod share;
 
 use std::time::Duration;

@@ -498,7 +498,7 @@ fn tier_writes_that_time_out_in_an_outage_are_routed_again() {
 /// Publishes records `v0..v{n}` (keys `k0..`) due at `due_ms(i)` (epoch ms)
 /// for `target`, and waits until the broker has them.
 fn publish_due_at(
-    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    producer: &crate::helpers::TestProducer,
     settings: &kafka_delay::config::Settings,
     target: &str,
     n: usize,

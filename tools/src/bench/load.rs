@@ -245,9 +245,33 @@ fn read_all(
     topic: &str,
     wanted: &[usize],
 ) -> Result<std::collections::HashSet<usize>, KafkaError> {
-    use rdkafka::{Offset, TopicPartitionList};
     let wanted: std::collections::HashSet<usize> = wanted.iter().copied().collect();
-    let group = format!("bench-recheck-{}", now_ms());
+    let mut found = std::collections::HashSet::new();
+    scan(settings, topic, |msg| {
+        if let Some(i) = msg
+            .payload()
+            .and_then(index_of)
+            .filter(|i| wanted.contains(i))
+        {
+            found.insert(i);
+        }
+    })?;
+    Ok(found)
+}
+
+/// Reads `topic` from the start of every partition to its end offset as of
+/// the call, with a consumer of its own (no group offsets are committed),
+/// handing each record to `visit`; gives up after 120 s. For checks after a
+/// run: where did a record the live reader did not see end up?
+///
+/// Errors: the metadata, watermark or assignment call failed.
+pub fn scan(
+    settings: &Settings,
+    topic: &str,
+    mut visit: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), KafkaError> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let group = format!("kafka-delay-scan-{}", now_ms());
     let consumer: BaseConsumer = kafka::consumer_config(settings, &group, false).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut ends = std::collections::HashMap::new();
@@ -260,19 +284,12 @@ fn read_all(
         }
     }
     consumer.assign(&list)?;
-    let mut found = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ends.is_empty() && Instant::now() < deadline {
         let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        if let Some(i) = msg
-            .payload()
-            .and_then(index_of)
-            .filter(|i| wanted.contains(i))
-        {
-            found.insert(i);
-        }
+        visit(&msg);
         if ends
             .get(&msg.partition())
             .is_some_and(|&end| msg.offset() + 1 >= end)
@@ -280,7 +297,7 @@ fn read_all(
             ends.remove(&msg.partition());
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// A reader started before a run: reads `topic` from the beginning on its

@@ -165,6 +165,7 @@ cut -d, -f1 expired.csv | kafka-delay cancel   # one id per line")]
     #[command(
         after_help = "Examples:\n  kafka-delay reschedule --id order-42 --delay 10m\n  \
 kafka-delay reschedule --id a --id b --deliver-at 2030-01-01T09:00:00Z\n  \
+kafka-delay reschedule --id weekly-report --schedule '0 9 * * MON' --zone Europe/Berlin\n  \
 cat ids.txt | kafka-delay reschedule --delay 1h --json"
     )]
     Reschedule {
@@ -180,6 +181,13 @@ cat ids.txt | kafka-delay reschedule --delay 1h --json"
         /// New due time: epoch ms or RFC 3339.
         #[arg(long)]
         deliver_at: Option<String>,
+        /// A series: its new cron expression (`x-delay-schedule`); it starts
+        /// again at the new due time, now by default.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// A series: its new IANA time zone (`x-delay-schedule-zone`).
+        #[arg(long)]
+        zone: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -417,15 +425,25 @@ pub fn main() -> ExitCode {
             id,
             delay,
             deliver_at,
+            schedule,
+            zone,
             json,
         } => {
             let settings = match load_logged(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
+            let edit = reschedule::SeriesEdit { schedule, zone };
+            let series = edit.schedule.is_some() || edit.zone.is_some();
             match when(delay, deliver_at) {
-                Some(when) => reschedule::command(&settings, &ids_or_stdin(id), &when, json),
-                None => exit::usage("give --delay or --deliver-at"),
+                Some(when) => {
+                    reschedule::command(&settings, &ids_or_stdin(id), (&when, &edit), json)
+                }
+                None if series => {
+                    let now = produce::When::Delay(Duration::ZERO);
+                    reschedule::command(&settings, &ids_or_stdin(id), (&now, &edit), json)
+                }
+                None => exit::usage("give --delay or --deliver-at (or, for a series, --schedule)"),
             }
         }
         Command::Cancel {

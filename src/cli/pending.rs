@@ -25,7 +25,7 @@ use super::exit;
 use crate::config::{tick_label, Settings};
 use crate::kafka;
 use crate::kafka::native::RecordHeaders;
-use crate::model::envelope;
+use crate::model::{envelope, series};
 
 /// Timeout of each offset query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,6 +70,15 @@ pub struct Found {
     pub target: String,
     /// Ingress timestamp, epoch ms.
     pub original_timestamp_ms: i64,
+    /// For a series: its `x-delay-schedule` expression…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// …its `x-delay-schedule-zone`, when set…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// …and the number of the occurrence this record delivers at `due_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurrence: Option<u64>,
     #[serde(skip)]
     /// Record key, as published.
     pub key: Option<Vec<u8>>,
@@ -334,6 +343,9 @@ fn count(
             due_ms: due,
             target: target.to_owned(),
             original_timestamp_ms: number(envelope::ORIGINAL_TIMESTAMP).unwrap_or_default(),
+            schedule: text(series::SCHEDULE).map(str::to_owned),
+            zone: text(series::ZONE).map(str::to_owned),
+            occurrence: number(series::OCCURRENCE).map(|n| n as u64),
             key: msg.key().map(<[u8]>::to_vec),
             value: msg.payload().map(<[u8]>::to_vec),
             headers: view
@@ -404,6 +416,14 @@ pub fn render(scan: &Scan, id: Option<&str>) -> String {
                     crate::model::clock::rfc3339_ms(f.due_ms),
                     f.target
                 );
+                if let Some(schedule) = &f.schedule {
+                    let _ = writeln!(
+                        out,
+                        "  a series: {schedule:?} in {}; that is its occurrence {}",
+                        f.zone.as_deref().unwrap_or("UTC"),
+                        f.occurrence.unwrap_or(1)
+                    );
+                }
             }
             None => {
                 let _ = writeln!(

@@ -22,7 +22,7 @@ use crate::cli::pending::{self, Found};
 use crate::cli::produce::When;
 use crate::config::Settings;
 use crate::kafka;
-use crate::model::envelope;
+use crate::model::{envelope, series};
 
 /// What `reschedule` did.
 #[derive(Debug)]
@@ -49,6 +49,21 @@ pub enum RescheduleError {
     Kafka(#[from] KafkaError),
     #[error("--deliver-at: {0}")]
     When(#[from] envelope::EnvelopeError),
+    #[error("x-delay-id {0}: {1}")]
+    Series(String, series::SeriesError),
+}
+
+/// A new expression or zone for a series (`reschedule --schedule`,
+/// `--zone`): replaces the copy's `x-delay-schedule` or
+/// `x-delay-schedule-zone`. The new series starts at the new due time
+/// (now when neither `--delay` nor `--deliver-at` is given) and numbers its
+/// occurrences from 1 again.
+#[derive(Debug, Default, Clone)]
+pub struct SeriesEdit {
+    /// The new cron expression.
+    pub schedule: Option<String>,
+    /// The new IANA zone.
+    pub zone: Option<String>,
 }
 
 /// Finds the record with `id`, cancels it and publishes it again due at `when`.
@@ -68,6 +83,19 @@ pub fn reschedule_all(
     ids: &[String],
     when: &When,
 ) -> Result<Vec<(String, Outcome)>, RescheduleError> {
+    reschedule_series(settings, ids, when, &SeriesEdit::default())
+}
+
+/// [`reschedule_all`] with a series' expression or zone changed by `edit`.
+/// A series' due time in the outcome is its first occurrence at or after
+/// `when`. Errors also [`RescheduleError::Series`] when the edited series
+/// is invalid (nothing is published then).
+pub fn reschedule_series(
+    settings: &Settings,
+    ids: &[String],
+    when: &When,
+    edit: &SeriesEdit,
+) -> Result<Vec<(String, Outcome)>, RescheduleError> {
     let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
     let mut scan = pending::scan_ids(settings, &wanted, |_, _| {})?;
     let now = crate::model::clock::now_ms();
@@ -76,13 +104,32 @@ pub fn reschedule_all(
         When::Delay(d) => timestamp + d.as_millis() as i64,
         When::At(raw) => envelope::parse_deliver_at(raw.as_bytes())?,
     };
-    let found: Vec<(String, Option<Found>)> = ids
-        .iter()
-        .map(|id| (id.clone(), scan.found_by_id.remove(id)))
-        .collect();
+    let mut found: Vec<(String, Option<Found>, i64)> = Vec::new();
+    for id in ids {
+        let f = scan.found_by_id.remove(id).map(|mut f| {
+            f.headers = edited(&f.headers, edit);
+            f
+        });
+        // A series: reported by its first occurrence; checked before any
+        // copy is published.
+        let raw = f.as_ref().map(|f| {
+            series::RawSeries::of(f.headers.iter().map(|(k, v)| (&k[..], v.as_deref())))
+                .and_then(|raw| raw.parse())
+        });
+        let first = match raw {
+            Some(Ok(Some(s))) => s.first_at_or_after(due_ms).ok_or_else(|| {
+                let start = crate::model::clock::rfc3339_ms(due_ms);
+                series::SeriesError::NoOccurrence(start)
+            }),
+            Some(Err(e)) => Err(e),
+            _ => Ok(due_ms),
+        }
+        .map_err(|e| RescheduleError::Series(id.clone(), e))?;
+        found.push((id.clone(), f, first));
+    }
     let producer: ThreadedProducer<DefaultProducerContext> =
         kafka::producer_config(settings).create()?;
-    for f in found.iter().filter_map(|(_, f)| f.as_ref()) {
+    for f in found.iter().filter_map(|(_, f, _)| f.as_ref()) {
         publish_copy(&producer, settings, f, timestamp, due_ms)?;
     }
     producer.flush(Duration::from_secs(30))?;
@@ -90,7 +137,7 @@ pub fn reschedule_all(
     // delivered (and the error says so) rather than none.
     let cancellations: Vec<(&str, Option<&str>, i64)> = found
         .iter()
-        .filter_map(|(id, f)| {
+        .filter_map(|(id, f, _)| {
             let f = f.as_ref()?;
             Some((id.as_str(), Some(f.target.as_str()), f.due_ms.max(now)))
         })
@@ -100,17 +147,44 @@ pub fn reschedule_all(
     }
     Ok(found
         .into_iter()
-        .map(|(id, f)| {
+        .map(|(id, f, first)| {
             let outcome = match f {
                 Some(found) => Outcome::Moved {
                     found: Box::new(found),
-                    due_ms,
+                    due_ms: first,
                 },
                 None => Outcome::NotPending,
             };
             (id, outcome)
         })
         .collect())
+}
+
+/// `headers` with the series headers `edit` replaces taken out and its
+/// values added.
+fn edited(
+    headers: &[(Vec<u8>, Option<Vec<u8>>)],
+    edit: &SeriesEdit,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let replaced = [
+        (series::SCHEDULE, edit.schedule.as_deref()),
+        (series::ZONE, edit.zone.as_deref()),
+    ];
+    let mut out: Vec<(Vec<u8>, Option<Vec<u8>>)> = headers
+        .iter()
+        .filter(|(k, _)| {
+            !replaced
+                .iter()
+                .any(|(name, new)| new.is_some() && k == name.as_bytes())
+        })
+        .cloned()
+        .collect();
+    for (name, new) in replaced {
+        if let Some(value) = new {
+            out.push((name.as_bytes().to_vec(), Some(value.as_bytes().to_vec())));
+        }
+    }
+    out
 }
 
 /// Publishes `found`'s key, value and own headers to the ingress, due at
@@ -168,13 +242,19 @@ struct Reported<'a> {
 
 /// `kafka-delay reschedule`: every id in one call; exits 3 when any id is
 /// not pending (the others are moved).
-pub(crate) fn command(settings: &Settings, ids: &[String], when: &When, json: bool) -> ExitCode {
+pub(crate) fn command(
+    settings: &Settings,
+    ids: &[String],
+    (when, edit): (&When, &SeriesEdit),
+    json: bool,
+) -> ExitCode {
     if ids.is_empty() {
         return exit::usage("no id: give --id, or ids one per line on standard input");
     }
     let at = crate::model::clock::rfc3339_ms;
-    let outcomes = match reschedule_all(settings, ids, when) {
+    let outcomes = match reschedule_series(settings, ids, when, edit) {
         Ok(outcomes) => outcomes,
+        Err(error @ RescheduleError::Series(..)) => return exit::usage(&error.to_string()),
         Err(error) => return exit::fail(error),
     };
     let mut reported = Vec::new();

@@ -336,3 +336,141 @@ fn a_hundred_thousand_active_series_cost_the_service_no_memory() {
         (after - before) / 1024
     );
 }
+
+#[test]
+fn invalid_series_are_dead_lettered_with_their_reason_and_block_nothing() {
+    let (settings, targets) = setup("seriesbad", &["target"]);
+    let target = &targets[0];
+    let _service = Service::start(&settings);
+    let p = producer(&settings);
+    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+        (
+            "no-id",
+            &[("x-delay-schedule", "* * * * *")],
+            "needs an x-delay-id",
+        ),
+        (
+            "bad-expression",
+            &[("x-delay-schedule", "every day"), ("x-delay-id", "a")],
+            "must be a cron expression",
+        ),
+        (
+            "bad-zone",
+            &[
+                ("x-delay-schedule", "@daily"),
+                ("x-delay-schedule-zone", "Europe/Atlantis"),
+                ("x-delay-id", "b"),
+            ],
+            "IANA time zone",
+        ),
+        (
+            "bad-missed",
+            &[
+                ("x-delay-schedule", "@daily"),
+                ("x-delay-schedule-missed", "never"),
+                ("x-delay-id", "c"),
+            ],
+            "latest, all or skip",
+        ),
+        (
+            "ended",
+            &[
+                ("x-delay-schedule", "0 0 0 1 1 * 2020"),
+                ("x-delay-id", "d"),
+            ],
+            "no occurrence",
+        ),
+    ];
+    for (value, headers, _) in &cases {
+        let mut all = headers.to_vec();
+        all.push(("x-target-topic", target));
+        publish(&p, &settings, Some("same-key"), value, &all);
+    }
+    publish(
+        &p,
+        &settings,
+        Some("same-key"),
+        "behind",
+        &[("x-delay", "10"), ("x-target-topic", target)],
+    );
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    let delivered = read(
+        &settings,
+        &[target],
+        1,
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+    );
+    assert_eq!(delivered.len(), 1, "the record behind them is delivered");
+    let dead = read(
+        &settings,
+        &[&settings.topics.dead_letter],
+        cases.len(),
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    );
+    for (value, _, says) in &cases {
+        let letter = dead
+            .iter()
+            .find(|a| a.value() == *value)
+            .unwrap_or_else(|| panic!("{value} not dead-lettered"));
+        assert_eq!(
+            letter.header("x-delay-reason").as_deref(),
+            Some("invalid_schedule"),
+            "{value}"
+        );
+        let error = letter.header("x-delay-error").unwrap();
+        assert!(error.contains(says), "{value}: {error}");
+        println!("{value}: {error}");
+    }
+}
+
+#[test]
+fn pending_shows_a_series_and_reschedule_changes_its_expression() {
+    let (settings, targets) = setup("seriesresched", &["target"]);
+    let target = &targets[0];
+    let _service = Service::start(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    let p = producer(&settings);
+    // Every 3 s: its record waits in a tier between occurrences.
+    publish_series(&p, &settings, target, "s", "*/3 * * * * *", &[]);
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    let started = std::time::Instant::now();
+    while reader.snapshot_len() < 2 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let scan = kafka_delay::cli::pending::scan(&settings, Some("s"), |_, _| {}).unwrap();
+    let found = scan.found.expect("the series waits in a tier");
+    println!("pending: {found:?}");
+    assert_eq!(found.schedule.as_deref(), Some("*/3 * * * * *"));
+    assert!(found.occurrence.unwrap() >= 3, "{:?}", found.occurrence);
+    assert_eq!(found.due_ms % 3_000, 0, "due at its next occurrence");
+    let edit = kafka_delay::cli::reschedule::SeriesEdit {
+        schedule: Some("*/5 * * * * *".into()),
+        zone: None,
+    };
+    let now_when = kafka_delay::cli::produce::When::Delay(Duration::ZERO);
+    let moved_at = now_ms();
+    let outcome =
+        kafka_delay::cli::reschedule::reschedule_series(&settings, &["s".into()], &now_when, &edit)
+            .unwrap();
+    let kafka_delay::cli::reschedule::Outcome::Moved { due_ms, .. } = &outcome[0].1 else {
+        panic!("not moved: {outcome:?}");
+    };
+    assert_eq!(due_ms % 5_000, 0, "reported by its first occurrence");
+    let arrivals = reader.wait_until(|_| false, Duration::from_secs(12), Duration::ZERO);
+    let all = occurrences(&arrivals);
+    let after: Vec<&Occurrence> = all
+        .iter()
+        .filter(|o| o.scheduled_ms > moved_at + 1_000)
+        .collect();
+    println!("after the reschedule: {after:?}");
+    assert!(after.len() >= 2, "the new series runs");
+    assert!(
+        after.iter().all(|o| o.scheduled_ms % 5_000 == 0),
+        "only the new expression's occurrences after the reschedule"
+    );
+    let numbers: Vec<u64> = after.iter().map(|o| o.number).collect();
+    assert_eq!(numbers[0], 1, "the new series numbers from 1: {numbers:?}");
+}

@@ -254,7 +254,7 @@ pub(crate) fn command(
     let at = crate::model::clock::rfc3339_ms;
     let outcomes = match reschedule_series(settings, ids, when, edit) {
         Ok(outcomes) => outcomes,
-        Err(error @ RescheduleError::Series(..)) => return exit::usage(&error.to_string()),
+        Err(error @ RescheduleError::Series(..)) => return exit::usage(error.to_string()),
         Err(error) => return exit::fail(error),
     };
     let mut reported = Vec::new();

@@ -337,13 +337,16 @@ fn a_hundred_thousand_active_series_cost_the_service_no_memory() {
     );
 }
 
+/// (value, headers, what the error says).
+type BadCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn invalid_series_are_dead_lettered_with_their_reason_and_block_nothing() {
     let (settings, targets) = setup("seriesbad", &["target"]);
     let target = &targets[0];
     let _service = Service::start(&settings);
     let p = producer(&settings);
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    let cases: [BadCase; 5] = [
         (
             "no-id",
             &[("x-delay-schedule", "* * * * *")],

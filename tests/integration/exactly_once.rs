@@ -155,6 +155,44 @@ fn exactly_once_delivers_every_tier_once_never_early() {
     service.stop();
 }
 
+#[test]
+fn exactly_once_delivers_each_occurrence_of_a_series_once() {
+    use crate::series::{check_every_second, occurrences, publish_series};
+    let (settings, targets) = setup_exactly_once("eos-series", &["target"]);
+    let target = &targets[0];
+    let service = Service::start(&settings);
+    let producer = producer(&settings);
+    let reader = Reader::start(&settings, &[target]);
+    publish_series(
+        &producer,
+        &settings,
+        target,
+        "eos",
+        "* * * * * *",
+        &[("x-delay-schedule-count", "15")],
+    );
+    Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let arrivals = reader.wait_until(
+        |a| a.len() >= 15,
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    );
+    let all = occurrences(&arrivals);
+    let (series, distinct, duplicates, late) = check_every_second(&all);
+    let committed = service.metrics.transactions.committed_total();
+    let aborted = service.metrics.transactions.aborted_total();
+    println!(
+        "exactly-once series: {distinct} occurrences, {duplicates} duplicates, lateness p50 {} ms \
+         max {} ms; {committed} transactions committed, {aborted} aborted",
+        percentile(&late, 0.5),
+        percentile(&late, 1.0)
+    );
+    assert_eq!((series, distinct, duplicates), (1, 15, 0));
+    assert!(committed > 0, "no transaction committed");
+    assert_eq!(aborted, 0, "transactions aborted without a fault");
+    service.stop();
+}
+
 /// Prints every copy of a duplicated record: where it landed and its
 /// due and original timestamps (adjacent offsets with equal stamps are one
 /// write stored twice by the broker; far-apart ones, two owners).

@@ -13,7 +13,7 @@ use crate::helpers::*;
 
 /// Publishes a series `id` for `target` with `expression` and `extra`
 /// headers; value `v-<id>`, key `k-<id>`.
-fn publish_series(
+pub fn publish_series(
     p: &TestProducer,
     settings: &kafka_delay::config::Settings,
     target: &str,
@@ -38,14 +38,14 @@ fn publish_series(
 
 /// One delivered occurrence: its series, number, time and lateness.
 #[derive(Debug)]
-struct Occurrence {
-    id: String,
-    number: u64,
-    scheduled_ms: i64,
-    late_ms: i64,
+pub struct Occurrence {
+    pub id: String,
+    pub number: u64,
+    pub scheduled_ms: i64,
+    pub late_ms: i64,
 }
 
-fn occurrences(arrivals: &[Arrival]) -> Vec<Occurrence> {
+pub fn occurrences(arrivals: &[Arrival]) -> Vec<Occurrence> {
     arrivals
         .iter()
         .map(|a| {
@@ -63,7 +63,7 @@ fn occurrences(arrivals: &[Arrival]) -> Vec<Occurrence> {
 /// Per series: every occurrence number from 1 to its last exactly once
 /// (duplicates counted), one second apart, none early. Returns (series,
 /// occurrences, duplicates, lateness sorted).
-fn check_every_second(all: &[Occurrence]) -> (usize, usize, usize, Vec<i64>) {
+pub fn check_every_second(all: &[Occurrence]) -> (usize, usize, usize, Vec<i64>) {
     let mut by_id: BTreeMap<&str, BTreeMap<u64, (i64, usize)>> = BTreeMap::new();
     let mut late = Vec::new();
     for o in all {

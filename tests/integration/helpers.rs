@@ -344,9 +344,17 @@ impl Reader {
         self.wait_until(|a| distinct(a) >= expected, timeout, linger)
     }
 
-    /// The arrivals so far (the reader goes on).
-    pub fn snapshot_len(&self) -> usize {
-        self.arrivals.lock().unwrap().len()
+    /// Waits (the reader goes on) until `n` records arrived or `timeout`
+    /// passed; returns how many arrived.
+    pub fn await_count(&self, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let arrived = self.arrivals.lock().unwrap().len();
+            if arrived >= n || Instant::now() >= deadline {
+                return arrived;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until `done(arrivals)` or `timeout` passed, then `linger`

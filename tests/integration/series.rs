@@ -229,10 +229,7 @@ fn a_cancelled_series_delivers_nothing_after_the_cancellation() {
         &[("x-delay-schedule-count", "12")],
     );
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
-    let started = std::time::Instant::now();
-    while reader.snapshot_len() < 10 && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    reader.await_count(10, Duration::from_secs(30));
     let cancelled_at = now_ms();
     kafka_delay::cli::cancel::publish(
         &settings,
@@ -438,10 +435,7 @@ fn pending_shows_a_series_and_reschedule_changes_its_expression() {
     // Every 3 s: its record waits in a tier between occurrences.
     publish_series(&p, &settings, target, "s", "*/3 * * * * *", &[]);
     rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
-    let started = std::time::Instant::now();
-    while reader.snapshot_len() < 2 && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    reader.await_count(2, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     let scan = kafka_delay::cli::pending::scan(&settings, Some("s"), |_, _| {}).unwrap();
     let found = scan.found.expect("the series waits in a tier");

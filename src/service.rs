@@ -272,6 +272,7 @@ pub fn run_with(
     let shared = Shared {
         metrics: metrics.clone(),
         cancellations,
+        recent_occurrences: Default::default(),
         health: health.clone(),
         limits: Arc::new(Limits::new(
             (s.max_in_flight, s.max_in_flight_bytes),

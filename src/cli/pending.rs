@@ -327,7 +327,15 @@ fn count(
     let Some(id) = text(envelope::ID).filter(|id| ids.contains(id)) else {
         return;
     };
+    let occurrence = number(series::OCCURRENCE).map(|n| n as u64);
     let newer = scan.found_by_id.get(id).is_none_or(|f| {
+        // A series: the record of its latest occurrence (the one before
+        // may still be uncommitted, in another partition).
+        if let (Some(mine), Some(theirs)) = (occurrence, f.occurrence) {
+            if mine != theirs {
+                return mine > theirs;
+            }
+        }
         let f_tier = scan
             .tiers
             .iter()
@@ -345,7 +353,7 @@ fn count(
             original_timestamp_ms: number(envelope::ORIGINAL_TIMESTAMP).unwrap_or_default(),
             schedule: text(series::SCHEDULE).map(str::to_owned),
             zone: text(series::ZONE).map(str::to_owned),
-            occurrence: number(series::OCCURRENCE).map(|n| n as u64),
+            occurrence,
             key: msg.key().map(<[u8]>::to_vec),
             value: msg.payload().map(<[u8]>::to_vec),
             headers: view

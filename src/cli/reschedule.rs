@@ -139,7 +139,13 @@ pub fn reschedule_series(
         .iter()
         .filter_map(|(id, f, _)| {
             let f = f.as_ref()?;
-            Some((id.as_str(), Some(f.target.as_str()), f.due_ms.max(now)))
+            // A series has later occurrences than the one found: its
+            // cancellation covers the whole horizon.
+            let until = match f.schedule {
+                Some(_) => now.saturating_add(settings.wheel.max_delay.as_millis() as i64),
+                None => f.due_ms.max(now),
+            };
+            Some((id.as_str(), Some(f.target.as_str()), until))
         })
         .collect();
     if !cancellations.is_empty() {

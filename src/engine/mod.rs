@@ -118,6 +118,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Outstanding cancellations, read from the cancel topic.
     pub cancellations: Arc<cancellations::Cancellations>,
+    /// Series occurrences handled lately: twins are dropped.
+    pub recent_occurrences: Arc<series::RecentOccurrences>,
     /// Liveness and readiness, one entry per loop.
     pub health: Arc<Health>,
     /// Backpressure caps over all loops.

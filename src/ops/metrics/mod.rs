@@ -13,6 +13,7 @@ mod cancellations;
 mod delivery;
 mod ingress;
 mod loops;
+mod series;
 mod tier;
 mod transactions;
 
@@ -25,6 +26,7 @@ pub use cancellations::CancellationMetrics;
 pub use delivery::DeliveryMetrics;
 pub use ingress::IngressMetrics;
 pub use loops::LoopMetrics;
+pub use series::{SeriesMetrics, SeriesOutcome};
 pub use tier::TierMetrics;
 pub use transactions::TransactionMetrics;
 
@@ -94,6 +96,8 @@ pub struct Metrics {
     pub transactions: TransactionMetrics,
     /// Cancellations and the cancel reader.
     pub cancellations: CancellationMetrics,
+    /// Occurrences of recurring series.
+    pub series: SeriesMetrics,
     clock_offset: Gauge,
     clock_error: Gauge,
     clock_limit: Gauge,
@@ -235,6 +239,7 @@ impl Metrics {
             loops: LoopMetrics::new(&r, &source),
             transactions: TransactionMetrics::new(&r),
             cancellations: CancellationMetrics::new(&r),
+            series: SeriesMetrics::new(&r),
             clock_offset,
             clock_error,
             clock_limit: register(

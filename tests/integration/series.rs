@@ -36,6 +36,39 @@ pub fn publish_series(
     );
 }
 
+/// Publishes `n` series `<prefix>0..` of one occurrence a second, `count`
+/// occurrences each, and waits until the broker has them.
+fn publish_every_second(
+    p: &TestProducer,
+    settings: &kafka_delay::config::Settings,
+    target: &str,
+    prefix: &str,
+    n: usize,
+    count: usize,
+) {
+    let count = count.to_string();
+    for i in 0..n {
+        publish_series(
+            p,
+            settings,
+            target,
+            &format!("{prefix}{i}"),
+            "* * * * * *",
+            &[("x-delay-schedule-count", &count)],
+        );
+    }
+    rdkafka::producer::Producer::flush(p, Duration::from_secs(10)).unwrap();
+}
+
+/// Distinct (series, occurrence number) pairs among `arrivals`.
+fn distinct_occurrences(arrivals: &[Arrival]) -> usize {
+    arrivals
+        .iter()
+        .map(|a| (a.header("x-delay-id"), a.header("x-delay-occurrence")))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
 /// One delivered occurrence: its series, number, time and lateness.
 #[derive(Debug)]
 pub struct Occurrence {
@@ -165,32 +198,11 @@ fn series_survive_kill_9_of_one_of_two_instances() {
     // Twenty series with distinct keys: spread over both instances' tier
     // partitions; 40 occurrences each.
     let (n, count) = (20, 40);
-    for i in 0..n {
-        publish_series(
-            &p,
-            &settings,
-            target,
-            &format!("s{i}"),
-            "* * * * * *",
-            &[("x-delay-schedule-count", "40")],
-        );
-    }
-    rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    publish_every_second(&p, &settings, target, "s", n, count);
     std::thread::sleep(Duration::from_secs(12));
     first.kill();
     let arrivals = reader.wait_until(
-        |a| {
-            let distinct: std::collections::HashSet<(String, String)> = a
-                .iter()
-                .map(|a| {
-                    (
-                        a.header("x-delay-id").unwrap(),
-                        a.header("x-delay-occurrence").unwrap(),
-                    )
-                })
-                .collect();
-            distinct.len() >= n * count
-        },
+        |a| distinct_occurrences(a) >= n * count,
         Duration::from_secs(120),
         Duration::from_secs(3),
     );
@@ -503,34 +515,13 @@ fn a_killed_instance_repeats_at_most_its_last_occurrences_and_no_series_runs_twi
     let reader = Reader::start(&settings, &[target]);
     let p = producer(&settings);
     let (n, count) = (5, 40);
-    for i in 0..n {
-        publish_series(
-            &p,
-            &settings,
-            target,
-            &format!("r{i}"),
-            "* * * * * *",
-            &[("x-delay-schedule-count", "40")],
-        );
-    }
-    rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    publish_every_second(&p, &settings, target, "r", n, count);
     reader.await_count(n * 12, Duration::from_secs(30));
     let killed_at = now_ms();
     instance.kill_and_restart();
     instance.wait_ready(Duration::from_secs(30));
     let arrivals = reader.wait_until(
-        |a| {
-            let distinct: std::collections::HashSet<(String, String)> = a
-                .iter()
-                .map(|a| {
-                    (
-                        a.header("x-delay-id").unwrap(),
-                        a.header("x-delay-occurrence").unwrap(),
-                    )
-                })
-                .collect();
-            distinct.len() >= n * count
-        },
+        |a| distinct_occurrences(a) >= n * count,
         Duration::from_secs(120),
         Duration::from_secs(5),
     );
